@@ -1,0 +1,33 @@
+"""samserve-client: embed an image once, then prompt it many times (sync and asyncio)."""
+
+from samserve_client._async_client import AsyncSamClient
+from samserve_client._client import SamClient
+from samserve_client._image import image_id
+from samserve_client.errors import (
+    CancelledError,
+    DeadlineExceededError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    SamServeError,
+    UnavailableError,
+)
+from samserve_client.types import EmbeddingRef, Prompt, SegmentResult
+
+__all__ = [
+    "AsyncSamClient",
+    "CancelledError",
+    "DeadlineExceededError",
+    "EmbeddingRef",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "Prompt",
+    "ResourceExhaustedError",
+    "SamClient",
+    "SamServeError",
+    "SegmentResult",
+    "UnavailableError",
+    "image_id",
+]

@@ -1,0 +1,156 @@
+"""The only SDK module that builds or reads protobuf messages (numpy <-> proto)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from samserve_client.errors import from_status
+from samserve_client.pb import common_pb2, decoder_pb2, embedding_pb2
+from samserve_client.types import EmbeddingRef, Prompt, SegmentResult
+
+MASK_ENCODINGS: dict[str, int] = {
+    "bitmask": common_pb2.MASK_ENCODING_BITMASK,
+    "coco_rle": common_pb2.MASK_ENCODING_COCO_RLE,
+}
+_DTYPES = {common_pb2.D_TYPE_FLOAT32: np.float32, common_pb2.D_TYPE_FLOAT16: np.float16}
+
+
+def tensor_to_proto(array: npt.ArrayLike) -> common_pb2.Tensor:
+    """A float32 little-endian Tensor message from an array."""
+    arr = np.ascontiguousarray(np.asarray(array, dtype="<f4"))
+    return common_pb2.Tensor(shape=arr.shape, dtype=common_pb2.D_TYPE_FLOAT32, data=arr.tobytes())
+
+
+def tensor_from_proto(msg: common_pb2.Tensor) -> np.ndarray:
+    """A float32 array from a Tensor message."""
+    dtype = _DTYPES.get(msg.dtype)
+    if dtype is None:
+        raise ValueError(f"unsupported tensor dtype {msg.dtype}")
+    arr = np.frombuffer(msg.data, dtype=np.dtype(dtype).newbyteorder("<"))
+    return arr.reshape(tuple(msg.shape)).astype(np.float32)
+
+
+def prompt_to_proto(prompt: Prompt) -> decoder_pb2.Prompt:
+    """Build a Prompt message; shapes are checked by the server, which owns the rules."""
+    msg = decoder_pb2.Prompt()
+    if prompt.points is not None:
+        points = np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2)
+        labels = (
+            np.ones(len(points), dtype=np.int64)
+            if prompt.labels is None
+            else np.asarray(prompt.labels).reshape(-1)
+        )
+        if len(labels) != len(points):
+            raise ValueError(f"{len(points)} points but {len(labels)} labels")
+        msg.points.extend(
+            common_pb2.Point(x=float(x), y=float(y), label=int(lab))
+            for (x, y), lab in zip(points, labels, strict=True)
+        )
+    elif prompt.labels is not None and len(np.asarray(prompt.labels).reshape(-1)):
+        raise ValueError("labels given without points")
+    if prompt.box is not None:
+        x0, y0, x1, y1 = (float(v) for v in np.asarray(prompt.box, dtype=np.float64).reshape(4))
+        msg.box.CopyFrom(common_pb2.Box(x0=x0, y0=y0, x1=x1, y1=y1))
+    if prompt.mask_input is not None:
+        msg.mask_input.CopyFrom(tensor_to_proto(prompt.mask_input))
+    return msg
+
+
+def segment_request(
+    image_id: str,
+    prompts: Sequence[Prompt],
+    *,
+    model: str,
+    multimask_output: bool,
+    return_low_res_logits: bool,
+    mask_encoding: str,
+) -> decoder_pb2.SegmentRequest:
+    """Build a SegmentRequest for ``prompts`` against a stored image."""
+    if mask_encoding not in MASK_ENCODINGS:
+        raise ValueError(f"mask_encoding must be one of {sorted(MASK_ENCODINGS)}")
+    return decoder_pb2.SegmentRequest(
+        image_id=image_id,
+        model=model,
+        prompts=[prompt_to_proto(p) for p in prompts],
+        multimask_output=multimask_output,
+        mask_encoding=MASK_ENCODINGS[mask_encoding],  # type: ignore[arg-type]
+        return_low_res_logits=return_low_res_logits,
+    )
+
+
+def mask_from_proto(msg: common_pb2.Mask) -> np.ndarray:
+    """Decode one Mask message into a bool (H, W) array."""
+    h, w = msg.height, msg.width
+    kind = msg.WhichOneof("encoding")
+    if kind == "bitmask":
+        bits = np.unpackbits(np.frombuffer(msg.bitmask.data, dtype=np.uint8), count=h * w)
+        return bits.reshape(h, w).view(bool)
+    if kind == "coco_rle":
+        from pycocotools import mask as mask_utils  # the `rle` extra
+
+        rle = {"size": [h, w], "counts": msg.coco_rle.counts}
+        return np.asarray(mask_utils.decode(rle), dtype=bool)
+    raise ValueError(f"mask without an encoding ({kind})")
+
+
+def masks_from_proto(masks: Sequence[common_pb2.Mask], height: int, width: int) -> np.ndarray:
+    """Decode masks into one bool (K, H, W) array."""
+    out = np.empty((len(masks), height, width), dtype=bool)
+    for i, m in enumerate(masks):
+        out[i] = mask_from_proto(m)
+    return out
+
+
+def segment_results(resp: decoder_pb2.SegmentResponse) -> list[SegmentResult]:
+    """One SegmentResult per prompt, in request order."""
+    results = []
+    for r in resp.results:
+        logits = (
+            tensor_from_proto(r.low_res_logits)
+            if r.HasField("low_res_logits")
+            else np.zeros((0, 256, 256), dtype=np.float32)
+        )
+        results.append(
+            SegmentResult(
+                masks=masks_from_proto(r.masks, resp.height, resp.width),
+                scores=np.asarray(r.scores, dtype=np.float32),
+                low_res_logits=logits,
+            )
+        )
+    return results
+
+
+def embed_request(data: bytes, model: str) -> embedding_pb2.EmbedRequest:
+    """Build an EmbedRequest for encoded image bytes."""
+    return embedding_pb2.EmbedRequest(image=data, model=model)
+
+
+def stream_item(item: embedding_pb2.EmbedStreamResponse) -> EmbeddingRef:
+    """The EmbeddingRef of one stream item, or the typed error it carries."""
+    if item.code:
+        raise from_status(item.code, item.message)
+    return embedding_ref(item.response)
+
+
+def embedding_ref(resp: embedding_pb2.EmbedResponse) -> EmbeddingRef:
+    """An EmbeddingRef from an EmbedResponse."""
+    return EmbeddingRef(
+        image_id=resp.image_id,
+        cached=resp.cached,
+        model_id=resp.model_id,
+        height=resp.height,
+        width=resp.width,
+    )
+
+
+def single_prompt(
+    points: npt.ArrayLike | None,
+    labels: npt.ArrayLike | None,
+    box: npt.ArrayLike | None,
+    mask_input: npt.ArrayLike | None,
+) -> Prompt:
+    """The Prompt for ``segment``'s keyword arguments."""
+    return Prompt(points=points, labels=labels, box=box, mask_input=mask_input)

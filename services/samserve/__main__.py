@@ -1,0 +1,5 @@
+"""``python -m samserve`` == the ``samserve`` command."""
+
+from samserve.cli import main
+
+main()

@@ -1,0 +1,167 @@
+"""Settings, parsed once at the edge (CLI flags with ``SAMSERVE_*`` environment fallbacks).
+
+| flag | environment | default |
+|---|---|---|
+| ``--model`` | ``SAMSERVE_MODEL`` | ``tiny`` |
+| ``--checkpoint`` | ``SAMSERVE_CHECKPOINT`` | shipped weights for tiny, else random |
+| ``--seed`` | ``SAMSERVE_SEED`` | ``0`` |
+| ``--redis-url`` | ``SAMSERVE_REDIS_URL`` | ``redis://127.0.0.1:6379/0`` |
+| ``--cache-ttl`` | ``SAMSERVE_CACHE_TTL`` | ``86400`` seconds (0 = no expiry) |
+| ``--store-dtype`` | ``SAMSERVE_STORE_DTYPE`` | ``float16`` |
+| ``--max-image-bytes`` | ``SAMSERVE_MAX_IMAGE_BYTES`` | 32 MiB |
+| ``--max-pixels`` | ``SAMSERVE_MAX_PIXELS`` | 50,000,000 |
+| ``--lru-entries`` | ``SAMSERVE_LRU_ENTRIES`` | ``64`` |
+| ``--grace`` | ``SAMSERVE_GRACE`` | ``10`` seconds |
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from samserve.core.models import VARIANTS
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _env(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(f"SAMSERVE_{name}", default)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """Which model to run and where its weights come from."""
+
+    variant: str = "tiny"
+    checkpoint: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"--model must be one of {', '.join(VARIANTS)}")
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+        g = parser.add_argument_group("model")
+        g.add_argument("--model", default=_env(env, "MODEL", "tiny"), choices=VARIANTS)
+        g.add_argument(
+            "--checkpoint",
+            default=env.get("SAMSERVE_CHECKPOINT"),
+            help="official .pth state dict; 'random' for seeded random weights "
+            "(default: the shipped shape-trained weights for tiny, random for the others)",
+        )
+        g.add_argument("--seed", type=int, default=int(_env(env, "SEED", "0")))
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> ModelSettings:
+        return cls(variant=ns.model, checkpoint=ns.checkpoint, seed=ns.seed)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Where embeddings are stored and for how long."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    ttl_seconds: int = 86400
+    dtype: str = "float16"
+    timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("--redis-url must start with redis://, rediss:// or unix://")
+        if self.ttl_seconds < 0:
+            raise ValueError("--cache-ttl must be >= 0")
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError("--store-dtype must be float16 or float32")
+
+    @staticmethod
+    def add_cli_args(
+        parser: argparse.ArgumentParser, env: Mapping[str, str], *, url_default: bool = True
+    ) -> None:
+        g = parser.add_argument_group("embedding store")
+        g.add_argument(
+            "--redis-url",
+            default=env.get("SAMSERVE_REDIS_URL", DEFAULT_REDIS_URL if url_default else None),
+        )
+        g.add_argument("--cache-ttl", type=int, default=int(_env(env, "CACHE_TTL", "86400")))
+        g.add_argument(
+            "--store-dtype",
+            default=_env(env, "STORE_DTYPE", "float16"),
+            choices=("float16", "float32"),
+        )
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace, redis_url: str | None = None) -> StoreSettings:
+        return cls(
+            redis_url=redis_url or ns.redis_url,
+            ttl_seconds=ns.cache_ttl,
+            dtype=ns.store_dtype,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request limits: anything over them is RESOURCE_EXHAUSTED."""
+
+    max_image_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    max_prompts: int = 64
+    max_points: int = 64
+    lru_entries: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("max_image_bytes", "max_pixels", "max_prompts", "max_points"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+
+    @property
+    def max_message_bytes(self) -> int:
+        """gRPC receive limit: one image plus room for the envelope."""
+        return self.max_image_bytes + 1024 * 1024
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+        g = parser.add_argument_group("limits")
+        g.add_argument(
+            "--max-image-bytes",
+            type=int,
+            default=int(_env(env, "MAX_IMAGE_BYTES", str(32 * 1024 * 1024))),
+        )
+        g.add_argument("--max-pixels", type=int, default=int(_env(env, "MAX_PIXELS", "50000000")))
+        g.add_argument("--lru-entries", type=int, default=int(_env(env, "LRU_ENTRIES", "64")))
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> Limits:
+        return cls(
+            max_image_bytes=ns.max_image_bytes,
+            max_pixels=ns.max_pixels,
+            lru_entries=ns.lru_entries,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Where a service listens and how it drains."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_port: int = 0
+    grace_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be in 0..65535")
+        if self.grace_seconds < 0:
+            raise ValueError("--grace must be >= 0")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def environ() -> Mapping[str, str]:
+    """The process environment (read by ``main()`` only, never at import)."""
+    return os.environ

@@ -1,0 +1,283 @@
+"""The decoder service's logic: SamPredictor.predict semantics over stored embeddings.
+
+For one prompt this runs exactly what ``SamPredictor.predict`` runs (the official
+``ResizeLongestSide`` coordinate transform, prompt encoder, mask decoder and
+``Sam.postprocess_masks``), so results equal the reference for the same embedding. The
+dense positional encoding is computed once per model instead of once per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from samserve.core import keys
+from samserve.core.errors import InvalidInput, NotFound, ResourceExhausted
+from samserve.core.masks import encode_coco_rle, pack_bitmask
+from samserve.core.metrics import Metrics
+from samserve.core.store import EmbeddingStore, LruCache
+
+LOW_RES = 256
+
+
+class MaskEncoding(Enum):
+    """How masks leave the service."""
+
+    BITMASK = "bitmask"
+    COCO_RLE = "coco_rle"
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSpec:
+    """One prompt, already parsed from the wire (validated by :func:`validate_prompt`).
+
+    Attributes:
+        points: (N, 2) float (x, y) pixels in the original image, or None.
+        labels: (N,) int, 1 foreground / 0 background, or None.
+        box: (4,) float XYXY pixels, or None.
+        mask_input: (1, 256, 256) float32 logits, or None.
+    """
+
+    points: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    box: np.ndarray | None = None
+    mask_input: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Masks for one prompt: bool (K, H, W), float32 scores (K,), float32 logits (K, 256, 256)."""
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPrediction:
+    """A prediction with its masks encoded for the wire."""
+
+    masks: list[bytes]
+    scores: np.ndarray
+    low_res_logits: np.ndarray | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    features: torch.Tensor  # (1, 256, 64, 64) float32
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+
+def validate_prompt(p: PromptSpec, index: int, max_points: int) -> None:
+    """Check one prompt the way the reference would need it, with messages naming the field.
+
+    Raises:
+        InvalidInput: empty prompt, mismatched points/labels, bad labels, NaN or infinite
+            coordinates, malformed box or mask input.
+        ResourceExhausted: more than ``max_points`` points.
+    """
+    where = f"prompts[{index}]"
+    if p.points is None and p.box is None and p.mask_input is None:
+        raise InvalidInput(f"{where}: empty prompt (give points, a box or a mask_input)")
+    if p.points is not None:
+        if p.points.ndim != 2 or p.points.shape[1] != 2:
+            raise InvalidInput(f"{where}.points: expected (N, 2), got {p.points.shape}")
+        if p.labels is None or p.labels.shape != (p.points.shape[0],):
+            n_labels = 0 if p.labels is None else p.labels.size
+            raise InvalidInput(f"{where}: {p.points.shape[0]} points but {n_labels} labels")
+        if len(p.points) > max_points:
+            raise ResourceExhausted(f"{where}.points: {len(p.points)} is over {max_points}")
+        if not np.isfinite(p.points).all():
+            raise InvalidInput(f"{where}.points: coordinates must be finite (no NaN or inf)")
+        if not np.isin(p.labels, (0, 1)).all():
+            raise InvalidInput(f"{where}.points.label: must be 1 (foreground) or 0 (background)")
+    if p.box is not None:
+        if p.box.shape != (4,) or not np.isfinite(p.box).all():
+            raise InvalidInput(f"{where}.box: expected 4 finite numbers")
+        if p.box[2] < p.box[0] or p.box[3] < p.box[1]:
+            raise InvalidInput(f"{where}.box: expected x0 <= x1 and y0 <= y1")
+    if p.mask_input is not None:
+        if p.mask_input.shape != (1, LOW_RES, LOW_RES):
+            raise InvalidInput(
+                f"{where}.mask_input: expected (1, 256, 256), got {p.mask_input.shape}"
+            )
+        if not np.isfinite(p.mask_input).all():
+            raise InvalidInput(f"{where}.mask_input: values must be finite")
+
+
+def predict(
+    sam: Sam,
+    dense_pe: torch.Tensor,
+    loaded: _Loaded,
+    prompt: PromptSpec,
+    multimask_output: bool,
+) -> Prediction:
+    """``SamPredictor.predict`` for one prompt over a loaded embedding."""
+    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    points = None
+    if prompt.points is not None and prompt.labels is not None:
+        coords = transform.apply_coords(prompt.points.astype(np.float64), loaded.original_size)
+        points = (
+            torch.as_tensor(coords, dtype=torch.float)[None, :, :],
+            torch.as_tensor(prompt.labels, dtype=torch.int)[None, :],
+        )
+    boxes = None
+    if prompt.box is not None:
+        box = transform.apply_boxes(prompt.box.astype(np.float64), loaded.original_size)
+        boxes = torch.as_tensor(box, dtype=torch.float)[None, :]
+    masks_in = None
+    if prompt.mask_input is not None:
+        masks_in = torch.as_tensor(prompt.mask_input, dtype=torch.float)[None, :, :, :]
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
+        low_res, iou = sam.mask_decoder(
+            image_embeddings=loaded.features,
+            image_pe=dense_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        masks = sam.postprocess_masks(low_res, loaded.input_size, loaded.original_size)
+        masks = masks > sam.mask_threshold
+    return Prediction(
+        masks=masks[0].numpy(), scores=iou[0].numpy(), low_res_logits=low_res[0].numpy()
+    )
+
+
+class Decoder:
+    """Answers prompt queries for one model from stored embeddings.
+
+    Args:
+        variant: the model variant served.
+        model_id: identity used in cache keys.
+        sam: the model (only its prompt encoder and mask decoder run here).
+        store: the shared embedding store.
+        metrics: metrics sink.
+        lru_entries: embeddings kept decoded in process (about 4 MiB each).
+        max_prompts: most prompts in one request.
+        max_points: most points in one prompt.
+        workers: threads running the decoder.
+    """
+
+    def __init__(
+        self,
+        *,
+        variant: str,
+        model_id: str,
+        sam: Sam,
+        store: EmbeddingStore,
+        metrics: Metrics,
+        lru_entries: int = 64,
+        max_prompts: int = 64,
+        max_points: int = 64,
+        workers: int = 2,
+    ) -> None:
+        self.variant = variant
+        self.model_id = model_id
+        self.sam = sam
+        self.store = store
+        self.metrics = metrics
+        self.max_prompts = max_prompts
+        self.max_points = max_points
+        self._lru = LruCache(lru_entries)
+        with torch.inference_mode():
+            self._dense_pe = sam.prompt_encoder.get_dense_pe()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decoder")
+
+    def check_model(self, model: str) -> None:
+        """Reject a request that names a model this service does not run."""
+        if model and model not in (self.variant, self.model_id):
+            raise InvalidInput(f"model: unknown model {model!r}; this service runs {self.variant}")
+
+    async def load(self, image_id: str) -> _Loaded:
+        """The embedding of ``image_id``, from the LRU or Redis.
+
+        Raises:
+            InvalidInput: ``image_id`` is not a hex sha256.
+            NotFound: nothing stored for it under this model.
+            Unavailable: Redis unreachable.
+        """
+        if not keys.is_image_id(image_id):
+            raise InvalidInput("image_id: expected a lowercase hex sha256 (64 characters)")
+        key = keys.embedding_key(self.model_id, image_id)
+        loaded = self._lru.get(key)
+        self.metrics.cache.labels("lru", "hit" if loaded is not None else "miss").inc()
+        if isinstance(loaded, _Loaded):
+            return loaded
+        emb = await self.store.get(self.model_id, image_id)
+        self.metrics.cache.labels("redis", "hit" if emb is not None else "miss").inc()
+        if emb is None:
+            raise NotFound(f"image_id: no embedding stored for {image_id} under {self.model_id}")
+        features = torch.from_numpy(emb.features.astype(np.float32))[None]
+        loaded = _Loaded(features, emb.original_size, emb.input_size)
+        self._lru.put(key, loaded)
+        return loaded
+
+    async def segment(
+        self,
+        image_id: str,
+        prompts: list[PromptSpec],
+        *,
+        model: str = "",
+        multimask_output: bool = True,
+        encoding: MaskEncoding = MaskEncoding.BITMASK,
+        return_low_res_logits: bool = False,
+    ) -> tuple[tuple[int, int], list[EncodedPrediction]]:
+        """Run every prompt against the stored embedding of ``image_id``.
+
+        Returns:
+            The original (H, W) and one encoded prediction per prompt, in order.
+        """
+        self.check_model(model)
+        if not prompts:
+            raise InvalidInput("prompts: at least one prompt is required")
+        if len(prompts) > self.max_prompts:
+            raise ResourceExhausted(f"prompts: {len(prompts)} is over {self.max_prompts}")
+        for i, p in enumerate(prompts):
+            validate_prompt(p, i, self.max_points)
+        loaded = await self.load(image_id)
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        out = await loop.run_in_executor(
+            self._pool,
+            self._run,
+            loaded,
+            prompts,
+            multimask_output,
+            encoding,
+            return_low_res_logits,
+        )
+        self.metrics.decoder_seconds.observe(time.perf_counter() - start)
+        return loaded.original_size, out
+
+    def _run(
+        self,
+        loaded: _Loaded,
+        prompts: list[PromptSpec],
+        multimask_output: bool,
+        encoding: MaskEncoding,
+        return_low_res_logits: bool,
+    ) -> list[EncodedPrediction]:
+        out = []
+        for p in prompts:
+            pred = predict(self.sam, self._dense_pe, loaded, p, multimask_output)
+            if encoding is MaskEncoding.COCO_RLE:
+                masks = encode_coco_rle(pred.masks)
+            else:
+                masks = [pack_bitmask(m) for m in pred.masks]
+            logits = pred.low_res_logits if return_low_res_logits else None
+            out.append(EncodedPrediction(masks, pred.scores, logits))
+        return out
+
+    async def close(self) -> None:
+        """Stop the decoder threads."""
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,100 @@
+"""The embedding service's logic: hash, look up, decode, encode once, store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from samserve.core.coalesce import SingleFlight
+from samserve.core.encoder import Encoder, make_embedding, resize_for_encoder
+from samserve.core.errors import InvalidInput, ResourceExhausted
+from samserve.core.images import content_hash, decode_image
+from samserve.core.metrics import Metrics
+from samserve.core.store import Embedding, EmbeddingStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    """What Embed answers: the id, whether it was already stored, and the geometry."""
+
+    image_id: str
+    cached: bool
+    original_size: tuple[int, int]
+    encode_seconds: float
+
+
+class Embedder:
+    """Embeds images for one model.
+
+    Args:
+        variant: the model variant this service runs (requests naming another are rejected).
+        model_id: identity used in cache keys.
+        encoder: the image encoder (in-process or Triton).
+        store: where embeddings are kept.
+        metrics: metrics sink.
+        max_image_bytes: largest accepted upload.
+        max_pixels: largest accepted decoded image.
+    """
+
+    def __init__(
+        self,
+        *,
+        variant: str,
+        model_id: str,
+        encoder: Encoder,
+        store: EmbeddingStore,
+        metrics: Metrics,
+        max_image_bytes: int,
+        max_pixels: int,
+    ) -> None:
+        self.variant = variant
+        self.model_id = model_id
+        self.encoder = encoder
+        self.store = store
+        self.metrics = metrics
+        self.max_image_bytes = max_image_bytes
+        self.max_pixels = max_pixels
+        self._flight: SingleFlight[EmbedResult] = SingleFlight()
+
+    def check_model(self, model: str) -> None:
+        """Reject a request that names a model this service does not run."""
+        if model and model not in (self.variant, self.model_id):
+            raise InvalidInput(f"model: unknown model {model!r}; this service runs {self.variant}")
+
+    async def embed(self, data: bytes, model: str = "") -> EmbedResult:
+        """Store the embedding of encoded image ``data`` unless it is stored already."""
+        self.check_model(model)
+        if len(data) > self.max_image_bytes:
+            raise ResourceExhausted(
+                f"image: {len(data)} bytes is over the limit of {self.max_image_bytes}"
+            )
+        if not data:
+            raise InvalidInput("image: empty")
+        image_id = content_hash(data)
+        result, shared = await self._flight.run(image_id, lambda: self._embed(image_id, data))
+        if shared:
+            self.metrics.coalesced.inc()
+        return result
+
+    async def _embed(self, image_id: str, data: bytes) -> EmbedResult:
+        stored = await self.store.get(self.model_id, image_id)
+        self.metrics.cache.labels("redis", "hit" if stored else "miss").inc()
+        if stored is not None:
+            return EmbedResult(image_id, True, stored.original_size, 0.0)
+        image, input_image = await asyncio.to_thread(self._prepare, data)
+        start = time.perf_counter()
+        features = await self.encoder.encode(input_image)
+        elapsed = time.perf_counter() - start
+        self.metrics.encoder_seconds.observe(elapsed)
+        original_size = (int(image.shape[0]), int(image.shape[1]))
+        emb: Embedding = make_embedding(features, original_size, input_image)
+        await self.store.put(self.model_id, image_id, emb)
+        return EmbedResult(image_id, False, original_size, elapsed)
+
+    def _prepare(self, data: bytes) -> tuple[object, object]:
+        image = decode_image(data, max_pixels=self.max_pixels)
+        return image, resize_for_encoder(image)

@@ -1,0 +1,24 @@
+"""Redis keys: layout version, model identity and content hash, so nothing is ever shared.
+
+An entry is found only by the model that wrote it (variant *and* weights checksum) under the
+same value layout; a different model or layout reads a miss, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Bump when the stored value layout changes; old entries then read as misses.
+LAYOUT_VERSION = 1
+PREFIX = "samserve"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_image_id(value: str) -> bool:
+    """True for a lowercase hex sha256."""
+    return bool(_HEX64.match(value))
+
+
+def embedding_key(model_id: str, image_id: str) -> str:
+    """Key of the whole-image embedding of ``image_id`` under ``model_id``."""
+    return f"{PREFIX}:emb:v{LAYOUT_VERSION}:{model_id}:{image_id}"

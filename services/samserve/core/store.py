@@ -1,0 +1,183 @@
+"""Embedding storage: one Redis value per embedding (header + raw array), an LRU in front.
+
+Value layout (``keys.LAYOUT_VERSION``)::
+
+    b"SAMEMB" | u8 version | u32 header length (LE) | header JSON | payload
+
+The header names the model id, dtype, shape, original and input size and the payload's
+sha256. Anything that does not match what the reader expects is a miss, never an answer.
+float16 is the default storage: half the bytes, and parity holds (mask IoU >= 0.9997).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from samserve.core import keys
+from samserve.core.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"SAMEMB"
+_HEAD = struct.Struct("<6sBI")
+_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass(frozen=True, slots=True)
+class Embedding:
+    """An image embedding and the geometry needed to map prompts and masks.
+
+    Attributes:
+        features: (256, 64, 64) image embedding (float16 or float32).
+        original_size: (H, W) of the image after EXIF orientation.
+        input_size: (h, w) of the resized image fed to the encoder (long side 1024).
+    """
+
+    features: np.ndarray
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+
+def serialize(emb: Embedding, model_id: str, dtype: str = "float16") -> bytes:
+    """Bytes of one stored value (header + payload) with ``features`` cast to ``dtype``."""
+    payload = np.ascontiguousarray(emb.features, dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<"))
+    raw = payload.tobytes()
+    header = json.dumps(
+        {
+            "model_id": model_id,
+            "dtype": dtype,
+            "shape": list(payload.shape),
+            "original_size": list(emb.original_size),
+            "input_size": list(emb.input_size),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+        },
+        separators=(",", ":"),
+    ).encode()
+    return _HEAD.pack(_MAGIC, keys.LAYOUT_VERSION, len(header)) + header + raw
+
+
+def deserialize(value: bytes, model_id: str) -> Embedding | None:
+    """The embedding in ``value``, or None when anything in it does not match or check out."""
+    try:
+        magic, version, hlen = _HEAD.unpack_from(value)
+        if magic != _MAGIC or version != keys.LAYOUT_VERSION:
+            return None
+        header = json.loads(value[_HEAD.size : _HEAD.size + hlen])
+        raw = value[_HEAD.size + hlen :]
+        dtype = _DTYPES[header["dtype"]]
+        shape = tuple(int(s) for s in header["shape"])
+        if header["model_id"] != model_id or len(shape) != 3 or shape[0] != 256:
+            return None
+        if hashlib.sha256(raw).hexdigest() != header["sha256"]:
+            return None
+        features = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+        oh, ow = (int(v) for v in header["original_size"])
+        ih, iw = (int(v) for v in header["input_size"])
+    except (struct.error, ValueError, KeyError, TypeError) as e:
+        log.warning("unreadable embedding entry for model %s: %s", model_id, e)
+        return None
+    return Embedding(features=features, original_size=(oh, ow), input_size=(ih, iw))
+
+
+class EmbeddingStore(Protocol):
+    """Where embeddings live, keyed by (model id, image id)."""
+
+    async def get(self, model_id: str, image_id: str) -> Embedding | None: ...
+
+    async def put(self, model_id: str, image_id: str, emb: Embedding) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class RedisStore:
+    """Embeddings in Redis: one value per key, optional TTL, short timeouts, few retries.
+
+    Args:
+        url: ``redis://host:port/db``.
+        ttl_seconds: expiry of each entry; 0 keeps entries until Redis evicts them.
+        dtype: storage dtype of new entries (``float16`` or ``float32``).
+        timeout: socket connect/read timeout in seconds.
+    """
+
+    def __init__(
+        self, url: str, *, ttl_seconds: int = 0, dtype: str = "float16", timeout: float = 2.0
+    ) -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
+        self.url = url
+        self.ttl_seconds = ttl_seconds
+        self.dtype = dtype
+        # redis-py's defaults retry for up to ~50 s; a serving path wants a fast UNAVAILABLE.
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+            health_check_interval=30,
+        )
+
+    async def get(self, model_id: str, image_id: str) -> Embedding | None:
+        try:
+            value = await self._redis.get(keys.embedding_key(model_id, image_id))
+        except RedisError as e:
+            raise Unavailable("embedding store unreachable") from e
+        if value is None:
+            return None
+        return deserialize(value, model_id)
+
+    async def put(self, model_id: str, image_id: str, emb: Embedding) -> None:
+        value = serialize(emb, model_id, self.dtype)
+        try:
+            await self._redis.set(
+                keys.embedding_key(model_id, image_id), value, ex=self.ttl_seconds or None
+            )
+        except RedisError as e:
+            raise Unavailable("embedding store unreachable") from e
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except RedisError:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+class LruCache:
+    """A bounded in-process LRU of decoded embeddings (the decoder's first tier)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, object] = OrderedDict()
+
+    def get(self, key: str) -> object | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: str, item: object) -> None:
+        if self.capacity <= 0:
+            return
+        self._items[key] = item
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,78 @@
+"""EmbeddingServicer: parse, call core.Embedder, build the response."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from samserve.core.embedding import Embedder, EmbedResult
+from samserve.core.errors import SamServeError
+from samserve.core.metrics import Metrics
+from samserve.core.models import LoadedModel
+from samserve.grpc.status import rpc, status_of
+from samserve_client.pb import embedding_pb2, embedding_pb2_grpc
+
+SERVICE = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+
+
+def _response(r: EmbedResult, model_id: str) -> embedding_pb2.EmbedResponse:
+    return embedding_pb2.EmbedResponse(
+        image_id=r.image_id,
+        cached=r.cached,
+        model_id=model_id,
+        height=r.original_size[0],
+        width=r.original_size[1],
+        encode_ms=r.encode_seconds * 1000.0,
+    )
+
+
+class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+    """samserve.v1.EmbeddingService over a core :class:`Embedder`."""
+
+    def __init__(self, embedder: Embedder, model: LoadedModel, metrics: Metrics) -> None:
+        self.embedder = embedder
+        self.model = model
+        self.metrics = metrics
+
+    @rpc(SERVICE, "Embed")
+    async def Embed(  # noqa: N802
+        self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.EmbedResponse:
+        """Embed: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE."""
+        result = await self.embedder.embed(request.image, request.model)
+        return _response(result, self.embedder.model_id)
+
+    async def EmbedStream(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[embedding_pb2.EmbedStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[embedding_pb2.EmbedStreamResponse]:
+        """EmbedStream: one item per image, each with its own status (the stream goes on)."""
+        async for item in request_iterator:
+            self.metrics.inflight.labels(SERVICE, "EmbedStream").inc()
+            code = grpc.StatusCode.OK
+            try:
+                result = await self.embedder.embed(item.request.image, item.request.model)
+                reply = embedding_pb2.EmbedStreamResponse(
+                    response=_response(result, self.embedder.model_id)
+                )
+            except SamServeError as e:
+                code, message = status_of(e)
+                reply = embedding_pb2.EmbedStreamResponse(code=code.value[0], message=message)
+            finally:
+                self.metrics.inflight.labels(SERVICE, "EmbedStream").dec()
+                self.metrics.requests.labels(SERVICE, "EmbedStream", code.name).inc()
+            yield reply
+
+    @rpc(SERVICE, "GetModelInfo")
+    async def GetModelInfo(  # noqa: N802
+        self, request: embedding_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.GetModelInfoResponse:
+        """GetModelInfo: always OK."""
+        return embedding_pb2.GetModelInfoResponse(
+            variant=self.model.variant,
+            model_id=self.model.model_id,
+            weights_sha256=self.model.weights_sha256,
+            source=self.model.source,
+        )
