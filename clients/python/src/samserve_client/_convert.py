@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from samserve_client.errors import from_status
+from samserve_client.errors import InvalidArgumentError, from_status
 from samserve_client.pb import common_pb2, decoder_pb2, embedding_pb2
 from samserve_client.types import EmbeddingRef, Prompt, SegmentResult
 
@@ -34,7 +34,12 @@ def tensor_from_proto(msg: common_pb2.Tensor) -> np.ndarray:
 
 
 def prompt_to_proto(prompt: Prompt) -> decoder_pb2.Prompt:
-    """Build a Prompt message; shapes are checked by the server, which owns the rules."""
+    """Build a Prompt message; values are checked by the server, which owns the rules.
+
+    Raises:
+        InvalidArgumentError: points and labels differ in number (the wire pairs each point
+            with its label, so such a prompt cannot be sent).
+    """
     msg = decoder_pb2.Prompt()
     if prompt.points is not None:
         points = np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2)
@@ -44,13 +49,13 @@ def prompt_to_proto(prompt: Prompt) -> decoder_pb2.Prompt:
             else np.asarray(prompt.labels).reshape(-1)
         )
         if len(labels) != len(points):
-            raise ValueError(f"{len(points)} points but {len(labels)} labels")
+            raise InvalidArgumentError(f"{len(points)} points but {len(labels)} labels")
         msg.points.extend(
             common_pb2.Point(x=float(x), y=float(y), label=int(lab))
             for (x, y), lab in zip(points, labels, strict=True)
         )
     elif prompt.labels is not None and len(np.asarray(prompt.labels).reshape(-1)):
-        raise ValueError("labels given without points")
+        raise InvalidArgumentError("labels given without points")
     if prompt.box is not None:
         x0, y0, x1, y1 = (float(v) for v in np.asarray(prompt.box, dtype=np.float64).reshape(4))
         msg.box.CopyFrom(common_pb2.Box(x0=x0, y0=y0, x1=x1, y1=y1))
@@ -70,7 +75,7 @@ def segment_request(
 ) -> decoder_pb2.SegmentRequest:
     """Build a SegmentRequest for ``prompts`` against a stored image."""
     if mask_encoding not in MASK_ENCODINGS:
-        raise ValueError(f"mask_encoding must be one of {sorted(MASK_ENCODINGS)}")
+        raise InvalidArgumentError(f"mask_encoding must be one of {sorted(MASK_ENCODINGS)}")
     return decoder_pb2.SegmentRequest(
         image_id=image_id,
         model=model,
