@@ -46,7 +46,7 @@ class Up:
     """`samserve up` in a child process; its log goes to a temporary file."""
 
     def __init__(self, *args: str) -> None:
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
         self.proc = subprocess.Popen(
             [*SAMSERVE, "up", "--checkpoint", "random", *args],
             stdout=subprocess.PIPE,

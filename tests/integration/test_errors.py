@@ -10,8 +10,13 @@ import pytest
 from PIL import Image
 
 from samserve_client import InvalidArgumentError, NotFoundError, ResourceExhaustedError
-from samserve_client.pb import common_pb2, decoder_pb2, decoder_pb2_grpc, embedding_pb2
-from samserve_client.pb import embedding_pb2_grpc
+from samserve_client.pb import (
+    common_pb2,
+    decoder_pb2,
+    decoder_pb2_grpc,
+    embedding_pb2,
+    embedding_pb2_grpc,
+)
 from tests.conftest import jpeg_bytes, png_bytes
 from tests.stack import StackThread
 
@@ -109,7 +114,8 @@ def test_unknown_image_id(stack, shapes_rgb) -> None:
     err = _segment_raw(
         stack,
         decoder_pb2.SegmentRequest(
-            image_id="ab" * 32, prompts=[decoder_pb2.Prompt(points=[common_pb2.Point(x=1, y=1, label=1)])]
+            image_id="ab" * 32,
+            prompts=[decoder_pb2.Prompt(points=[common_pb2.Point(x=1, y=1, label=1)])],
         ),
     )
     assert err.code() == grpc.StatusCode.NOT_FOUND

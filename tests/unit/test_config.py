@@ -22,7 +22,11 @@ def test_bad_settings_fail_fast() -> None:
 
 
 def test_environment_fallbacks() -> None:
-    env = {"SAMSERVE_MODEL": "vit_b", "SAMSERVE_REDIS_URL": "redis://r:1/0", "SAMSERVE_CACHE_TTL": "5"}
+    env = {
+        "SAMSERVE_MODEL": "vit_b",
+        "SAMSERVE_REDIS_URL": "redis://r:1/0",
+        "SAMSERVE_CACHE_TTL": "5",
+    }
     ns = build_parser(env).parse_args(["decoder"])
     assert ModelSettings.from_args(ns).variant == "vit_b"
     store = StoreSettings.from_args(ns)

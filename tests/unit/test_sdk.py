@@ -107,7 +107,9 @@ def test_bitmask_and_rle_decode() -> None:
     rng = np.random.default_rng(1)
     masks = rng.random((2, 13, 17)) > 0.5
     for m, counts in zip(masks, encode_coco_rle(masks), strict=True):
-        bit = common_pb2.Mask(height=13, width=17, bitmask=common_pb2.PackedBitmask(data=pack_bitmask(m)))
+        bit = common_pb2.Mask(
+            height=13, width=17, bitmask=common_pb2.PackedBitmask(data=pack_bitmask(m))
+        )
         rle = common_pb2.Mask(height=13, width=17, coco_rle=common_pb2.CocoRle(counts=counts))
         np.testing.assert_array_equal(_convert.mask_from_proto(bit), m)
         np.testing.assert_array_equal(_convert.mask_from_proto(rle), m)
