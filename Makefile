@@ -27,6 +27,8 @@ demo: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) tools/gen_protos.py --check
 	$(PY) -m pytest
 
 lint: setup

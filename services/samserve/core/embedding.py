@@ -7,6 +7,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from samserve.core.coalesce import SingleFlight
 from samserve.core.encoder import Encoder, make_embedding, resize_for_encoder
 from samserve.core.errors import InvalidInput, ResourceExhausted
@@ -95,6 +97,6 @@ class Embedder:
         await self.store.put(self.model_id, image_id, emb)
         return EmbedResult(image_id, False, original_size, elapsed)
 
-    def _prepare(self, data: bytes) -> tuple[object, object]:
+    def _prepare(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         image = decode_image(data, max_pixels=self.max_pixels)
         return image, resize_for_encoder(image)

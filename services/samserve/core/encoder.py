@@ -31,7 +31,8 @@ class Encoder(Protocol):
 
 def resize_for_encoder(image: np.ndarray, img_size: int = 1024) -> np.ndarray:
     """Resize (H, W, 3) uint8 RGB so the long side is ``img_size``, as SamPredictor does."""
-    return ResizeLongestSide(img_size).apply_image(image)
+    resized: np.ndarray = ResizeLongestSide(img_size).apply_image(image)
+    return resized
 
 
 def encode_in_process(sam: Sam, input_image: np.ndarray) -> np.ndarray:
@@ -39,7 +40,8 @@ def encode_in_process(sam: Sam, input_image: np.ndarray) -> np.ndarray:
     x = torch.as_tensor(input_image).permute(2, 0, 1).contiguous()[None, :, :, :]
     with torch.inference_mode():
         features = sam.image_encoder(sam.preprocess(x.float()))
-    return features[0].numpy()
+    out: np.ndarray = features[0].numpy()
+    return out
 
 
 class LocalEncoder:
@@ -52,7 +54,10 @@ class LocalEncoder:
 
     async def encode(self, input_image: np.ndarray) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, encode_in_process, self.sam, input_image)
+        features: np.ndarray = await loop.run_in_executor(
+            self._pool, encode_in_process, self.sam, input_image
+        )
+        return features
 
     async def ready(self) -> bool:
         return True

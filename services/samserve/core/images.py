@@ -43,8 +43,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
             if width < 1 or height < 1:
                 raise InvalidInput("image: zero-sized")
             img.load()
-            img = ImageOps.exif_transpose(img)
-            rgb = img.convert("RGB")
+            rgb = ImageOps.exif_transpose(img).convert("RGB")
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise InvalidInput("image: not a decodable image") from e
     except (OSError, SyntaxError, ValueError) as e:

@@ -135,7 +135,7 @@ class RedisStore:
             value = await self._redis.get(keys.embedding_key(model_id, image_id))
         except RedisError as e:
             raise Unavailable("embedding store unreachable") from e
-        if value is None:
+        if not isinstance(value, bytes):  # None: a miss (the client never decodes to str)
             return None
         return deserialize(value, model_id)
 

@@ -116,9 +116,10 @@ class AsyncSamClient:
     ) -> embedding_pb2.GetModelInfoResponse:
         """The embedding service's model; see :meth:`SamClient.model_info`."""
         try:
-            return await self._embedding.GetModelInfo(
+            info: embedding_pb2.GetModelInfoResponse = await self._embedding.GetModelInfo(
                 embedding_pb2.GetModelInfoRequest(), timeout=timeout or self.timeout
             )
+            return info
         except grpc.RpcError as e:
             raise from_rpc_error(e) from e
 

@@ -143,9 +143,10 @@ class SamClient:
     def model_info(self, *, timeout: float | None = None) -> embedding_pb2.GetModelInfoResponse:
         """The embedding service's model: variant, model_id, weights checksum and source."""
         try:
-            return self._embedding.GetModelInfo(
+            info: embedding_pb2.GetModelInfoResponse = self._embedding.GetModelInfo(
                 embedding_pb2.GetModelInfoRequest(), timeout=timeout or self.timeout
             )
+            return info
         except grpc.RpcError as e:
             raise from_rpc_error(e) from e
 
