@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+import grpc
+
 from samserve.config import Limits, ServerSettings, StoreSettings
 from samserve.core.decoder import Decoder
 from samserve.core.embedding import Embedder
@@ -22,6 +26,43 @@ def _store(settings: StoreSettings) -> RedisStore:
         dtype=settings.dtype,
         timeout=settings.timeout,
     )
+
+
+async def _serve(
+    name: str,
+    service_name: str,
+    register: Callable[[grpc.aio.Server], None],
+    *,
+    metrics: Metrics,
+    store: RedisStore,
+    limits: Limits,
+    settings: ServerSettings,
+    closers: list[Callable[[], Awaitable[None]]],
+    extra_ready: Callable[[], Awaitable[bool]] | None = None,
+) -> RunningService:
+    """Bind, start and health-watch one service; ready while Redis (and extras) answer."""
+    server, port, health = build_server(
+        settings.address, [register], [service_name], max_receive_bytes=limits.max_message_bytes
+    )
+
+    async def ready() -> bool:
+        up = await store.ping()
+        metrics.redis_up.set(1 if up else 0)
+        return up and (extra_ready is None or await extra_ready())
+
+    service = RunningService(
+        name=name,
+        server=server,
+        host=settings.host,
+        port=port,
+        health=health,
+        service_names=[service_name],
+        ready=ready,
+        closers=[*closers, store.close],
+    )
+    service.start_metrics(metrics.registry, settings.host, settings.metrics_port)
+    await service.start()
+    return service
 
 
 async def start_embedding(
@@ -45,31 +86,17 @@ async def start_embedding(
         max_pixels=limits.max_pixels,
     )
     servicer = embedding_grpc.EmbeddingServicer(embedder, model, metrics)
-    server, port, health = build_server(
-        server_settings.address,
-        [lambda s: embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(servicer, s)],
-        [embedding_grpc.SERVICE],
-        max_receive_bytes=limits.max_message_bytes,
+    return await _serve(
+        "embedding",
+        embedding_grpc.SERVICE,
+        lambda s: embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(servicer, s),
+        metrics=metrics,
+        store=store,
+        limits=limits,
+        settings=server_settings,
+        closers=[enc.close],
+        extra_ready=enc.ready,
     )
-
-    async def ready() -> bool:
-        up = await store.ping()
-        metrics.redis_up.set(1 if up else 0)
-        return up and await enc.ready()
-
-    service = RunningService(
-        name="embedding",
-        server=server,
-        host=server_settings.host,
-        port=port,
-        health=health,
-        service_names=[embedding_grpc.SERVICE],
-        ready=ready,
-        closers=[enc.close, store.close],
-    )
-    service.start_metrics(metrics.registry, server_settings.host, server_settings.metrics_port)
-    await service.start()
-    return service
 
 
 async def start_decoder(
@@ -92,28 +119,13 @@ async def start_decoder(
         max_points=limits.max_points,
     )
     servicer = decoder_grpc.DecoderServicer(decoder, metrics)
-    server, port, health = build_server(
-        server_settings.address,
-        [lambda s: decoder_pb2_grpc.add_DecoderServiceServicer_to_server(servicer, s)],
-        [decoder_grpc.SERVICE],
-        max_receive_bytes=limits.max_message_bytes,
+    return await _serve(
+        "decoder",
+        decoder_grpc.SERVICE,
+        lambda s: decoder_pb2_grpc.add_DecoderServiceServicer_to_server(servicer, s),
+        metrics=metrics,
+        store=store,
+        limits=limits,
+        settings=server_settings,
+        closers=[decoder.close],
     )
-
-    async def ready() -> bool:
-        up = await store.ping()
-        metrics.redis_up.set(1 if up else 0)
-        return up
-
-    service = RunningService(
-        name="decoder",
-        server=server,
-        host=server_settings.host,
-        port=port,
-        health=health,
-        service_names=[decoder_grpc.SERVICE],
-        ready=ready,
-        closers=[decoder.close, store.close],
-    )
-    service.start_metrics(metrics.registry, server_settings.host, server_settings.metrics_port)
-    await service.start()
-    return service

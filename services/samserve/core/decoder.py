@@ -23,6 +23,7 @@ from samserve.core import keys
 from samserve.core.errors import InvalidInput, NotFound, ResourceExhausted
 from samserve.core.masks import encode_coco_rle, pack_bitmask
 from samserve.core.metrics import Metrics
+from samserve.core.models import check_requested_model
 from samserve.core.store import EmbeddingStore, LruCache
 
 LOW_RES = 256
@@ -195,8 +196,7 @@ class Decoder:
 
     def check_model(self, model: str) -> None:
         """Reject a request that names a model this service does not run."""
-        if model and model not in (self.variant, self.model_id):
-            raise InvalidInput(f"model: unknown model {model!r}; this service runs {self.variant}")
+        check_requested_model(model, self.variant, self.model_id)
 
     async def load(self, image_id: str) -> _Loaded:
         """The embedding of ``image_id``, from the LRU or Redis.

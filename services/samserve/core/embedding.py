@@ -14,6 +14,7 @@ from samserve.core.encoder import Encoder, make_embedding, resize_for_encoder
 from samserve.core.errors import InvalidInput, ResourceExhausted
 from samserve.core.images import content_hash, decode_image
 from samserve.core.metrics import Metrics
+from samserve.core.models import check_requested_model
 from samserve.core.store import Embedding, EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,7 @@ class Embedder:
 
     def check_model(self, model: str) -> None:
         """Reject a request that names a model this service does not run."""
-        if model and model not in (self.variant, self.model_id):
-            raise InvalidInput(f"model: unknown model {model!r}; this service runs {self.variant}")
+        check_requested_model(model, self.variant, self.model_id)
 
     async def embed(self, data: bytes, model: str = "") -> EmbedResult:
         """Store the embedding of encoded image ``data`` unless it is stored already."""

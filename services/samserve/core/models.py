@@ -110,6 +110,16 @@ def random_sam(variant: str, seed: int) -> Sam:
     return sam
 
 
+def check_requested_model(requested: str, variant: str, model_id: str) -> None:
+    """Reject a request naming a model other than the one served (empty means "yours").
+
+    Raises:
+        InvalidInput: ``requested`` is neither ``variant`` nor ``model_id``.
+    """
+    if requested and requested not in (variant, model_id):
+        raise InvalidInput(f"model: unknown model {requested!r}; this service runs {variant}")
+
+
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
     """Checksum of a state dict that does not depend on how it was saved."""
     h = hashlib.sha256()
