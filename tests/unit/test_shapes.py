@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,7 +123,7 @@ def test_crowded_small_image_still_valid() -> None:
         assert s.masks.sum(axis=(1, 2)).min() > 0
 
 
-def test_write_sample_png(tmp_path) -> None:
+def test_write_sample_png(tmp_path: Path) -> None:
     path = write_sample_png(tmp_path / "s.png", seed=4, height=60, width=90)
     with Image.open(path) as im:
         assert im.mode == "RGB"
