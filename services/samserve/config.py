@@ -10,7 +10,7 @@
 | ``--store-dtype`` | ``SAMSERVE_STORE_DTYPE`` | ``float16`` |
 | ``--max-image-bytes`` | ``SAMSERVE_MAX_IMAGE_BYTES`` | 32 MiB |
 | ``--max-pixels`` | ``SAMSERVE_MAX_PIXELS`` | 50,000,000 |
-| ``--lru-entries`` | ``SAMSERVE_LRU_ENTRIES`` | ``64`` |
+| ``--lru-entries`` | ``SAMSERVE_LRU_ENTRIES`` | ``32`` (about 14 MiB each) |
 | ``--grace`` | ``SAMSERVE_GRACE`` | ``10`` seconds |
 """
 
@@ -109,7 +109,7 @@ class Limits:
     max_pixels: int = 50_000_000
     max_prompts: int = 64
     max_points: int = 64
-    lru_entries: int = 64
+    lru_entries: int = 32
 
     def __post_init__(self) -> None:
         for name in ("max_image_bytes", "max_pixels", "max_prompts", "max_points"):
@@ -130,7 +130,7 @@ class Limits:
             default=int(_env(env, "MAX_IMAGE_BYTES", str(32 * 1024 * 1024))),
         )
         g.add_argument("--max-pixels", type=int, default=int(_env(env, "MAX_PIXELS", "50000000")))
-        g.add_argument("--lru-entries", type=int, default=int(_env(env, "LRU_ENTRIES", "64")))
+        g.add_argument("--lru-entries", type=int, default=int(_env(env, "LRU_ENTRIES", "32")))
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> Limits:

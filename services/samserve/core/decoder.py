@@ -3,7 +3,8 @@
 For one prompt this runs exactly what ``SamPredictor.predict`` runs (the official
 ``ResizeLongestSide`` coordinate transform, prompt encoder, mask decoder and
 ``Sam.postprocess_masks``), so results equal the reference for the same embedding. The
-dense positional encoding is computed once per model instead of once per call.
+dense positional encoding is computed once per model, and the prompt-independent part of
+the mask decoder once per image (``core/prefix.py``), instead of once per call.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from samserve.core.errors import InvalidInput, NotFound, ResourceExhausted
 from samserve.core.masks import encode_coco_rle, pack_bitmask
 from samserve.core.metrics import Metrics
 from samserve.core.models import check_requested_model
-from samserve.core.store import EmbeddingStore, LruCache
+from samserve.core.prefix import ImagePrefix, build_prefix
+from samserve.core.prefix import decode as prefix_decode
+from samserve.core.store import Embedding, EmbeddingStore, LruCache
 
 LOW_RES = 256
 
@@ -72,8 +75,18 @@ class EncodedPrediction:
 
 
 @dataclass(frozen=True, slots=True)
-class _Loaded:
-    features: torch.Tensor  # (1, 256, 64, 64) float32
+class Loaded:
+    """An embedding ready for decoding (what the LRU holds, about 14 MiB).
+
+    Attributes:
+        features: (1, 256, 64, 64) float32 image embedding.
+        prefix: the prompt-independent decoder work for this image.
+        original_size: (H, W) of the image.
+        input_size: (h, w) of the resized image the encoder saw.
+    """
+
+    features: torch.Tensor
+    prefix: ImagePrefix
     original_size: tuple[int, int]
     input_size: tuple[int, int]
 
@@ -115,10 +128,17 @@ def validate_prompt(p: PromptSpec, index: int, max_points: int) -> None:
             raise InvalidInput(f"{where}.mask_input: values must be finite")
 
 
+def load_embedding(sam: Sam, dense_pe: torch.Tensor, emb: Embedding) -> Loaded:
+    """Turn a stored embedding into float32 tensors plus its decoder prefix."""
+    features = torch.from_numpy(emb.features.astype(np.float32))[None]
+    prefix = build_prefix(sam, features, dense_pe)
+    return Loaded(features, prefix, emb.original_size, emb.input_size)
+
+
 def predict(
     sam: Sam,
     dense_pe: torch.Tensor,
-    loaded: _Loaded,
+    loaded: Loaded,
     prompt: PromptSpec,
     multimask_output: bool,
 ) -> Prediction:
@@ -140,13 +160,16 @@ def predict(
         masks_in = torch.as_tensor(prompt.mask_input, dtype=torch.float)[None, :, :, :]
     with torch.inference_mode():
         sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
-        low_res, iou = sam.mask_decoder(
-            image_embeddings=loaded.features,
-            image_pe=dense_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-        )
+        if masks_in is None:
+            low_res, iou = prefix_decode(sam, loaded.prefix, sparse, multimask_output)
+        else:  # a mask input changes the dense embedding: the official path
+            low_res, iou = sam.mask_decoder(
+                image_embeddings=loaded.features,
+                image_pe=dense_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
         masks = sam.postprocess_masks(low_res, loaded.input_size, loaded.original_size)
         masks = masks > sam.mask_threshold
     return Prediction(
@@ -163,7 +186,7 @@ class Decoder:
         sam: the model (only its prompt encoder and mask decoder run here).
         store: the shared embedding store.
         metrics: metrics sink.
-        lru_entries: embeddings kept decoded in process (about 4 MiB each).
+        lru_entries: embeddings kept decoded in process (about 14 MiB each).
         max_prompts: most prompts in one request.
         max_points: most points in one prompt.
         workers: threads running the decoder.
@@ -177,7 +200,7 @@ class Decoder:
         sam: Sam,
         store: EmbeddingStore,
         metrics: Metrics,
-        lru_entries: int = 64,
+        lru_entries: int = 32,
         max_prompts: int = 64,
         max_points: int = 64,
         workers: int = 2,
@@ -198,7 +221,7 @@ class Decoder:
         """Reject a request that names a model this service does not run."""
         check_requested_model(model, self.variant, self.model_id)
 
-    async def load(self, image_id: str) -> _Loaded:
+    async def load(self, image_id: str) -> Loaded:
         """The embedding of ``image_id``, from the LRU or Redis.
 
         Raises:
@@ -211,16 +234,18 @@ class Decoder:
         key = keys.embedding_key(self.model_id, image_id)
         loaded = self._lru.get(key)
         self.metrics.cache.labels("lru", "hit" if loaded is not None else "miss").inc()
-        if isinstance(loaded, _Loaded):
+        if isinstance(loaded, Loaded):
             return loaded
         emb = await self.store.get(self.model_id, image_id)
         self.metrics.cache.labels("redis", "hit" if emb is not None else "miss").inc()
         if emb is None:
             raise NotFound(f"image_id: no embedding stored for {image_id} under {self.model_id}")
-        features = torch.from_numpy(emb.features.astype(np.float32))[None]
-        loaded = _Loaded(features, emb.original_size, emb.input_size)
-        self._lru.put(key, loaded)
-        return loaded
+        loop = asyncio.get_running_loop()
+        fresh = await loop.run_in_executor(
+            self._pool, load_embedding, self.sam, self._dense_pe, emb
+        )
+        self._lru.put(key, fresh)
+        return fresh
 
     async def segment(
         self,
@@ -261,7 +286,7 @@ class Decoder:
 
     def _run(
         self,
-        loaded: _Loaded,
+        loaded: Loaded,
         prompts: list[PromptSpec],
         multimask_output: bool,
         encoding: MaskEncoding,
