@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             asyncio.run(run.up(ns))
         else:
             asyncio.run(run.single(ns))
-    except ValueError as e:  # settings rejected in __post_init__
+    except ConfigError as e:
         sys.exit(f"samserve: {e}")
     except KeyboardInterrupt:
         pass

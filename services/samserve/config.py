@@ -26,6 +26,10 @@ from samserve.core.models import VARIANTS
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the flag."""
+
+
 def _env(env: Mapping[str, str], name: str, default: str) -> str:
     return env.get(f"SAMSERVE_{name}", default)
 
@@ -40,7 +44,7 @@ class ModelSettings:
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"--model must be one of {', '.join(VARIANTS)}")
+            raise ConfigError(f"--model must be one of {', '.join(VARIANTS)}")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
@@ -70,11 +74,11 @@ class StoreSettings:
 
     def __post_init__(self) -> None:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("--redis-url must start with redis://, rediss:// or unix://")
+            raise ConfigError("--redis-url must start with redis://, rediss:// or unix://")
         if self.ttl_seconds < 0:
-            raise ValueError("--cache-ttl must be >= 0")
+            raise ConfigError("--cache-ttl must be >= 0")
         if self.dtype not in ("float16", "float32"):
-            raise ValueError("--store-dtype must be float16 or float32")
+            raise ConfigError("--store-dtype must be float16 or float32")
 
     @staticmethod
     def add_cli_args(
@@ -114,7 +118,7 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("max_image_bytes", "max_pixels", "max_prompts", "max_points"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0")
+                raise ConfigError(f"{name} must be > 0")
 
     @property
     def max_message_bytes(self) -> int:
@@ -153,9 +157,9 @@ class ServerSettings:
     def __post_init__(self) -> None:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
-                raise ValueError(f"{name} must be in 0..65535")
+                raise ConfigError(f"{name} must be in 0..65535")
         if self.grace_seconds < 0:
-            raise ValueError("--grace must be >= 0")
+            raise ConfigError("--grace must be >= 0")
 
     @property
     def address(self) -> str:
