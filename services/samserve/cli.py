@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 
-from samserve.config import Limits, ModelSettings, StoreSettings, environ
+from samserve.config import ConfigError, Limits, ModelSettings, StoreSettings, environ
 
 log = logging.getLogger("samserve")
 
