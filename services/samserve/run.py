@@ -28,11 +28,11 @@ def _load(ns: argparse.Namespace) -> object:
 
 async def single(ns: argparse.Namespace) -> None:
     """``samserve embedding`` / ``samserve decoder``: one service until SIGINT/SIGTERM."""
-    model = await asyncio.to_thread(_load, ns)
     store = StoreSettings.from_args(ns)
     limits = Limits.from_args(ns)
     server = ServerSettings(host=ns.host, port=ns.port, metrics_port=ns.metrics_port,
                             grace_seconds=ns.grace)  # fmt: skip
+    model = await asyncio.to_thread(_load, ns)
     start = start_embedding if ns.command == "embedding" else start_decoder
     service = await start(model, store, limits, server)  # type: ignore[arg-type]
     log.info("%s serving on %s, metrics %s", service.name, service.address, service.metrics_url)
@@ -44,8 +44,9 @@ async def single(ns: argparse.Namespace) -> None:
 
 async def up(ns: argparse.Namespace) -> None:
     """``samserve up``: Redis (unless given), embedding and decoder; one JSON ready line."""
-    model = await asyncio.to_thread(_load, ns)
     limits = Limits.from_args(ns)
+    StoreSettings.from_args(ns, redis_url="redis://placeholder")  # validate before any work
+    model = await asyncio.to_thread(_load, ns)
     redis = None if ns.redis_url else await asyncio.to_thread(RedisProcess.start)
     services: list[RunningService] = []
     try:
