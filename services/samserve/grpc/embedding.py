@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,6 +13,8 @@ from samserve.core.metrics import Metrics
 from samserve.core.models import LoadedModel
 from samserve.grpc.status import rpc, status_of
 from samserve_client.pb import embedding_pb2, embedding_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 SERVICE = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 
@@ -57,7 +60,9 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                 reply = embedding_pb2.EmbedStreamResponse(
                     response=_response(result, self.embedder.model_id)
                 )
-            except SamServeError as e:
+            except Exception as e:
+                if not isinstance(e, SamServeError):
+                    log.exception("EmbedStream item failed")
                 code, message = status_of(e)
                 reply = embedding_pb2.EmbedStreamResponse(code=code.value[0], message=message)
             finally:
