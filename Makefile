@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU machines here carry these builds on disk.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e "clients/python[rle]" -e ".[dev]"
+	$(PY) -m pip install -q -e "clients/python[rle]" -e ".[dev,triton]"
 	touch $(STAMP)
 
 demo: setup
@@ -41,6 +41,7 @@ protos: setup
 
 bench: setup
 	$(PY) bench/bench_slice.py
+	$(PY) bench/bench_encoder.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -8,7 +8,14 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 
-from samserve.config import ConfigError, Limits, ModelSettings, StoreSettings, environ
+from samserve.config import (
+    ConfigError,
+    EncoderSettings,
+    Limits,
+    ModelSettings,
+    StoreSettings,
+    environ,
+)
 
 log = logging.getLogger("samserve")
 
@@ -36,7 +43,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     ModelSettings.add_cli_args(up, env)
     StoreSettings.add_cli_args(up, env, url_default=False)
     Limits.add_cli_args(up, env)
-    up.add_argument("--encoder", choices=("local",), default="local")
+    EncoderSettings.add_cli_args(up, env, private=True)
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--embedding-port", type=int, default=0)
     up.add_argument("--decoder-port", type=int, default=0)
@@ -51,7 +58,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         Limits.add_cli_args(p, env)
         _server_args(p, env, port, metrics_port)
         if name == "embedding":
-            p.add_argument("--encoder", choices=("local",), default="local")
+            EncoderSettings.add_cli_args(p, env, private=False)
 
     seg = sub.add_parser("segment", help="one prompt query through the SDK")
     seg.add_argument("image", help="image file")

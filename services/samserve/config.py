@@ -12,6 +12,10 @@
 | ``--max-pixels`` | ``SAMSERVE_MAX_PIXELS`` | 50,000,000 |
 | ``--lru-entries`` | ``SAMSERVE_LRU_ENTRIES`` | ``32`` (about 14 MiB each) |
 | ``--grace`` | ``SAMSERVE_GRACE`` | ``10`` seconds |
+| ``--encoder`` | ``SAMSERVE_ENCODER`` | ``local`` (in-process) or ``triton`` |
+| ``--triton-url`` | ``SAMSERVE_TRITON_URL`` | Triton gRPC ``host:port`` (``up``: own server) |
+| ``--triton-model`` | ``SAMSERVE_TRITON_MODEL`` | ``sam_image_encoder_<variant>`` |
+| ``--triton-timeout`` | ``SAMSERVE_TRITON_TIMEOUT`` | ``60`` seconds per encode (queue included) |
 """
 
 from __future__ import annotations
@@ -169,3 +173,60 @@ class ServerSettings:
 def environ() -> Mapping[str, str]:
     """The process environment (read by ``main()`` only, never at import)."""
     return os.environ
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderSettings:
+    """Where the image encoder runs: in this process, or on a Triton Inference Server."""
+
+    kind: str = "local"
+    triton_url: str | None = None
+    triton_model: str | None = None
+    triton_timeout: float = 60.0
+    triton_repository: str | None = None
+    triton_device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "triton"):
+            raise ConfigError("--encoder must be local or triton")
+        if self.triton_timeout <= 0:
+            raise ConfigError("--triton-timeout must be > 0")
+        if self.triton_device not in ("cpu", "cuda"):
+            raise ConfigError("--triton-device must be cpu or cuda")
+
+    def model_name(self, variant: str) -> str:
+        """The Triton model serving ``variant``."""
+        return self.triton_model or f"sam_image_encoder_{variant}"
+
+    @staticmethod
+    def add_cli_args(
+        parser: argparse.ArgumentParser, env: Mapping[str, str], *, private: bool
+    ) -> None:
+        g = parser.add_argument_group("encoder")
+        g.add_argument(
+            "--encoder", choices=("local", "triton"), default=_env(env, "ENCODER", "local")
+        )
+        g.add_argument(
+            "--triton-url",
+            default=env.get("SAMSERVE_TRITON_URL"),
+            help="Triton gRPC host:port"
+            + (" (default with --encoder triton: start a private tritonserver)" if private else ""),
+        )
+        g.add_argument("--triton-model", default=env.get("SAMSERVE_TRITON_MODEL"))
+        g.add_argument(
+            "--triton-timeout", type=float, default=float(_env(env, "TRITON_TIMEOUT", "60"))
+        )
+        if private:
+            g.add_argument("--triton-repository", help="model repository (default: triton_models/)")
+            g.add_argument("--triton-device", choices=("cpu", "cuda"), default="cpu")
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> EncoderSettings:
+        return cls(
+            kind=ns.encoder,
+            triton_url=ns.triton_url,
+            triton_model=ns.triton_model,
+            triton_timeout=ns.triton_timeout,
+            triton_repository=getattr(ns, "triton_repository", None),
+            triton_device=getattr(ns, "triton_device", "cpu"),
+        )

@@ -1,0 +1,175 @@
+"""The image encoder on NVIDIA Triton Inference Server (``tritonclient.grpc.aio``).
+
+The model is ``triton_models/sam_image_encoder_<variant>``: it takes the resized uint8 image
+padded to 1024x1024x3 plus its real (h, w), normalises and pads inside (as ``Sam.preprocess``
+does), and Triton's dynamic batcher groups concurrent requests into one encoder run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from samserve.core.errors import DeadlineExceeded, Unavailable
+
+log = logging.getLogger(__name__)
+
+#: Side of the square the encoder takes (``ImageEncoderViT.img_size`` for every variant).
+IMG_SIZE = 1024
+#: Shape of one embedding: ``SamPredictor.features[0]``.
+EMBEDDING_SHAPE = (256, 64, 64)
+#: The largest message either way: one 3 MiB image out, one 4 MiB embedding back, with room.
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def triton_model_name(variant: str) -> str:
+    """Name of the Triton model that serves ``variant`` (``sam_image_encoder_vit_h``, ...)."""
+    return f"sam_image_encoder_{variant}"
+
+
+def _channel_args() -> list[tuple[str, Any]]:
+    # Passing channel_args replaces tritonclient's defaults, so the size limits are restated.
+    return [
+        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        # Triton is a sidecar or an in-cluster Service: after a restart, reconnect within a
+        # second or two instead of gRPC's default backoff of up to two minutes.
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        # No keepalive pings: Triton's server refuses pings more often than every 5 minutes
+        # (GOAWAY too_many_pings); dead peers are caught by each call's deadline instead.
+    ]
+
+
+class TritonEncoder:
+    """Encodes images on a Triton server; implements :class:`samserve.core.encoder.Encoder`.
+
+    The gRPC channel is made on first use, inside the running event loop (a ``grpc.aio``
+    channel belongs to the loop that made it), so the encoder may be built anywhere.
+
+    Args:
+        address: ``host:port`` of Triton's gRPC endpoint.
+        model_name: the Triton model, e.g. ``triton_model_name("vit_h")``.
+        timeout: seconds per encode, covering Triton's queue and the run; the same value is
+            sent as the request's queue timeout, so Triton drops work nobody waits for.
+        ready_timeout: seconds for each health call in :meth:`ready`.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        model_name: str,
+        timeout: float = 60.0,
+        *,
+        ready_timeout: float = 2.0,
+    ) -> None:
+        if timeout <= 0 or ready_timeout <= 0:
+            raise ValueError("timeouts must be > 0")
+        self.address = address
+        self.model_name = model_name
+        self.timeout = timeout
+        self.ready_timeout = ready_timeout
+        self._client: triton_aio.InferenceServerClient | None = None
+
+    def _get_client(self) -> triton_aio.InferenceServerClient:
+        if self._client is None:
+            self._client = triton_aio.InferenceServerClient(
+                self.address, channel_args=_channel_args()
+            )
+        return self._client
+
+    async def encode(self, input_image: np.ndarray) -> np.ndarray:
+        """Embed one image.
+
+        Args:
+            input_image: (h, w, 3) uint8 RGB with 1 <= h, w <= 1024: the output of
+                ``ResizeLongestSide(1024).apply_image`` (or any smaller crop of that form).
+
+        Returns:
+            (256, 64, 64) float32, as ``SamPredictor.features[0]``.
+
+        Raises:
+            Unavailable: Triton unreachable, the model not loaded, or its queue full.
+            DeadlineExceeded: no answer within ``timeout`` (or dropped from Triton's queue).
+            ValueError: ``input_image`` is not a uint8 RGB image that fits 1024x1024.
+        """
+        if (
+            input_image.dtype != np.uint8
+            or input_image.ndim != 3
+            or input_image.shape[2] != 3
+            or not (1 <= input_image.shape[0] <= IMG_SIZE and 1 <= input_image.shape[1] <= IMG_SIZE)
+        ):
+            raise ValueError(
+                f"input_image must be (h, w, 3) uint8 with h, w in [1, {IMG_SIZE}], "
+                f"got {input_image.shape} {input_image.dtype}"
+            )
+        h, w = int(input_image.shape[0]), int(input_image.shape[1])
+        # A fixed 1024x1024 shape lets Triton batch any mix of images; the model ignores the
+        # padding (it re-pads after normalising), so its content does not matter.
+        padded = np.zeros((1, IMG_SIZE, IMG_SIZE, 3), np.uint8)
+        padded[0, :h, :w] = input_image
+        image = InferInput("IMAGE", list(padded.shape), "UINT8")
+        image.set_data_from_numpy(padded)
+        size = InferInput("IMAGE_SIZE", [1, 2], "INT32")
+        size.set_data_from_numpy(np.array([[h, w]], np.int32))
+        try:
+            result = await self._get_client().infer(
+                self.model_name,
+                [image, size],
+                outputs=[InferRequestedOutput("EMBEDDING")],
+                client_timeout=self.timeout,
+                timeout=int(self.timeout * 1_000_000),  # Triton's queue timeout, microseconds
+            )
+        except InferenceServerException as e:
+            raise self._error(e) from e
+        features = result.as_numpy("EMBEDDING")
+        if features is None or features.shape != (1, *EMBEDDING_SHAPE):
+            got = None if features is None else features.shape
+            raise RuntimeError(f"Triton model {self.model_name} returned EMBEDDING {got}")
+        # as_numpy views the response buffer (read-only, maybe float16): return our own copy.
+        out: np.ndarray = np.array(features[0], dtype=np.float32)
+        return out
+
+    async def ready(self) -> bool:
+        """True when Triton is live and the model is ready (strict: any error is not ready)."""
+        try:
+            client = self._get_client()
+            live = await client.is_server_live(client_timeout=self.ready_timeout)
+            return bool(live) and bool(
+                await client.is_model_ready(self.model_name, client_timeout=self.ready_timeout)
+            )
+        except InferenceServerException as e:
+            log.debug("triton not ready: %s", e)
+            return False
+
+    async def close(self) -> None:
+        """Close the channel (call from the loop that used the encoder)."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    def _error(self, e: InferenceServerException) -> Exception:
+        """Map tritonclient's one exception type (status is a string) onto domain errors."""
+        status = str(e.status() or "")
+        message = str(e.message() or "")
+        lowered = message.lower()
+        log.warning("triton %s %s: %s %s", self.address, self.model_name, status, message)
+        if status == "StatusCode.DEADLINE_EXCEEDED" or (
+            # Triton rejects a request still queued after its timeout with UNAVAILABLE.
+            status == "StatusCode.UNAVAILABLE" and "timeout" in lowered
+        ):
+            return DeadlineExceeded(f"image encoder: no result within {self.timeout:g}s")
+        if "queue" in lowered and ("exceed" in lowered or "full" in lowered):
+            return Unavailable("image encoder overloaded (Triton queue full); retry later")
+        if status == "StatusCode.UNAVAILABLE":
+            return Unavailable("image encoder unreachable (Triton is down or restarting)")
+        if "unknown model" in lowered or "not ready" in lowered or "not found" in lowered:
+            return Unavailable(f"image encoder model {self.model_name} is not loaded on Triton")
+        # Anything else is a fault on our side of the contract: INTERNAL, details in the log.
+        return RuntimeError(f"Triton {self.model_name}: {status} {message}")

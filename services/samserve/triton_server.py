@@ -1,0 +1,423 @@
+"""A private ``tritonserver`` child with the SAM image encoder (``samserve up --encoder triton``).
+
+The binary, its libraries and the python backend come from the ``nvidia-pytriton`` wheel
+(``pip install 'samserve[triton]'``); this module starts that binary the way pytriton's own
+launcher does (``LD_LIBRARY_PATH`` with the wheel's libraries, the venv's ``bin`` first on
+``PATH`` so the backend stub's embedded Python finds this environment) without pytriton's
+model-proxy machinery, against a per-run copy of ``triton_models/`` whose ``config.pbtxt``
+parameters (variant, checkpoint, device, dtype, python_path) are filled in.
+
+In production Triton runs as its own container; see ``triton_models/README.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from samserve.core.triton_encoder import triton_model_name
+from samserve.stack import _die_with_parent, free_port
+
+log = logging.getLogger(__name__)
+
+#: The model repository in a source checkout (``triton_models/`` at the repository root).
+DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
+
+#: Default shared-memory sizes for the python backend: one batch of 8 images in and 8
+#: embeddings out is ~56 MiB, so grow in large steps instead of the 1 MiB default.
+_SHM_DEFAULT_BYTES = 16 * 1024 * 1024
+_SHM_GROWTH_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TritonDist:
+    """Where the wheel keeps tritonserver, its libraries and the python backend."""
+
+    binary: Path
+    backends: Path
+    libs: Path
+    stub: Path
+
+    @property
+    def python_backend(self) -> Path:
+        return self.backends / "python"
+
+
+def find_tritonserver() -> TritonDist | None:
+    """The ``tritonserver`` shipped in the installed ``nvidia-pytriton`` wheel, or None."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    dist = root / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    found = TritonDist(
+        binary=dist / "bin" / "tritonserver",
+        backends=dist / "backends",
+        # Where auditwheel put the binary's libraries (pytriton's get_libs_path(), non-editable).
+        libs=root.parent / "nvidia_pytriton.libs",
+        stub=dist / "python_backend_stubs" / version / "triton_python_backend_stub",
+    )
+    if not (found.binary.is_file() and (found.python_backend / "libtriton_python.so").is_file()):
+        return None
+    return found
+
+
+def install_python_stub(dist: TritonDist, fallback_dir: Path) -> Path:
+    """Put the backend stub for this Python next to ``libtriton_python.so``; idempotent.
+
+    The wheel ships one stub per Python version and leaves the choice to the launcher. The copy
+    goes through a temporary file and a rename, so concurrent launches never see half a stub.
+    When site-packages is read-only the whole backends folder (3 MB) is copied into
+    ``fallback_dir`` instead.
+
+    Returns:
+        The backends directory to pass to ``--backend-directory``.
+    """
+    if not dist.stub.is_file():
+        raise RuntimeError(
+            f"nvidia-pytriton has no python backend stub for Python "
+            f"{sys.version_info.major}.{sys.version_info.minor} ({dist.stub} is missing)"
+        )
+    target = dist.python_backend / "triton_python_backend_stub"
+    if target.is_file() and filecmp.cmp(dist.stub, target, shallow=False):
+        return dist.backends
+    try:
+        _atomic_copy(dist.stub, target)
+        return dist.backends
+    except PermissionError:
+        backends = fallback_dir / "backends"
+        shutil.copytree(dist.backends, backends, dirs_exist_ok=True)
+        _atomic_copy(dist.stub, backends / "python" / "triton_python_backend_stub")
+        return backends
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".stub-")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dst)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def server_env(dist: TritonDist) -> dict[str, str]:
+    """The environment pytriton gives tritonserver, plus this interpreter's libpython.
+
+    ``LD_LIBRARY_PATH`` carries the wheel's libraries; putting this Python's ``LIBDIR`` first
+    makes the stub embed the same libpython build as the interpreter that launched it (it would
+    otherwise take whatever ``libpython3.X.so`` the system has). The stub finds this
+    environment's site-packages by looking up ``python3`` on ``PATH``, so ``sys.exec_prefix/bin``
+    goes first. PYTHONPATH is ignored by the stub, hence the ``python_path`` model parameter.
+    """
+    env = os.environ.copy()
+    libs = [str(dist.libs)]
+    libdir = sysconfig.get_config_var("LIBDIR")
+    # The soname the stub links against (libpython3.X.so.1.0), not the -dev symlink.
+    soname = sysconfig.get_config_var("INSTSONAME")
+    if libdir and soname and (Path(libdir) / str(soname)).is_file():
+        libs.insert(0, str(libdir))
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
+    env["PATH"] = os.pathsep.join([str(Path(sys.exec_prefix) / "bin"), env.get("PATH", "")])
+    return env
+
+
+def python_path() -> str:
+    """This interpreter's import path, for the stub (``os.pathsep``-separated directories)."""
+    return os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
+
+
+def write_model_repository(
+    source: Path,
+    target: Path,
+    variant: str,
+    *,
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_batch_size: int | None = None,
+    parameters: Mapping[str, str] | None = None,
+    extra_python_path: str = "",
+) -> str:
+    """Copy ``source/sam_image_encoder_<variant>`` into ``target`` with parameters filled in.
+
+    Args:
+        source: a model repository laid out like ``triton_models/``.
+        target: the per-run repository to create (must not exist).
+        variant: ``tiny``, ``vit_b``, ``vit_l`` or ``vit_h``.
+        checkpoint: official ``.pth`` path or ``"random"``; None keeps the config's value.
+        seed: seed for random weights.
+        device: ``cpu`` or ``cuda``; also sets the instance_group kind (and, unless ``dtype``
+            is given, the dtype: float32 on cpu, bfloat16 on cuda). None keeps the config's.
+        dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto``; None keeps the config's.
+        max_batch_size: overrides the config's dynamic batching limit.
+        parameters: any other config parameters to set (``warmup``, ``torch_threads``, ...).
+        extra_python_path: prepended to this interpreter's path in ``python_path``.
+
+    Returns:
+        The model name.
+    """
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    name = triton_model_name(variant)
+    src = source / name
+    if not (src / "config.pbtxt").is_file():
+        raise RuntimeError(f"no Triton model {name} in {source} ({src}/config.pbtxt is missing)")
+    # symlinks=False: every variant's model.py links to one file; the copy holds the real one.
+    shutil.copytree(src, target / name, symlinks=False)
+    config_path = target / name / "config.pbtxt"
+    config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
+    config.name = name
+
+    params: dict[str, str] = {"variant": variant, "seed": str(seed)}
+    if checkpoint is not None:
+        params["checkpoint"] = str(checkpoint)
+    if device is not None:
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {device!r}")
+        kind = mc.ModelInstanceGroup.KIND_CPU if device == "cpu" else mc.ModelInstanceGroup.KIND_GPU
+        for group in config.instance_group:
+            group.kind = kind
+        params["device"] = device
+        params["dtype"] = dtype or ("float32" if device == "cpu" else "bfloat16")
+    elif dtype is not None:
+        params["dtype"] = dtype
+    if max_batch_size is not None:
+        config.max_batch_size = max_batch_size
+    params.update(parameters or {})
+    params["python_path"] = os.pathsep.join(p for p in (extra_python_path, python_path()) if p)
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+    config_path.write_text(text_format.MessageToString(config))
+    return name
+
+
+def _uses_gpu(repository: Path, name: str) -> bool:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = text_format.Parse((repository / name / "config.pbtxt").read_text(), mc.ModelConfig())
+    return any(g.kind != mc.ModelInstanceGroup.KIND_CPU for g in config.instance_group)
+
+
+@dataclass
+class TritonProcess:
+    """A running tritonserver child serving one SAM image encoder model on loopback."""
+
+    process: subprocess.Popen[bytes]
+    model_name: str
+    host: str
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+    workdir: Path
+    log_path: Path
+    shm_prefix: str
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def grpc_address(self) -> str:
+        """``host:port`` of the KServe v2 gRPC endpoint (what :class:`TritonEncoder` takes)."""
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus metrics (``nv_inference_count``, ``nv_inference_exec_count``, ...)."""
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @classmethod
+    def start(
+        cls,
+        model_repository: str | Path | None,
+        variant: str,
+        checkpoint: str | Path | None = None,
+        *,
+        seed: int = 0,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_batch_size: int | None = None,
+        parameters: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        grpc_port: int = 0,
+        http_port: int = 0,
+        metrics_port: int = 0,
+        log_path: str | Path | None = None,
+        timeout: float = 180.0,
+        attempts: int = 3,
+        extra_args: Sequence[str] = (),
+    ) -> TritonProcess:
+        """Start tritonserver with ``sam_image_encoder_<variant>`` and wait until it is ready.
+
+        Args:
+            model_repository: a repository laid out like ``triton_models/`` (None: the one in
+                this source checkout); it is copied, never modified.
+            variant: ``tiny``, ``vit_b``, ``vit_l`` or ``vit_h``.
+            checkpoint: official ``.pth`` path or ``"random"``; None keeps the config's value.
+            seed: seed for random weights.
+            device: ``cpu`` or ``cuda`` (sets the instance kind and the default dtype); None
+                keeps the config's.
+            dtype: overrides the config's dtype parameter.
+            max_batch_size: overrides the config's batching limit.
+            parameters: other config parameters to set, e.g. ``{"warmup": "false"}``.
+            host: address every endpoint binds (loopback by default).
+            grpc_port, http_port, metrics_port: 0 picks a free port.
+            log_path: where tritonserver's output goes (appended; default: ``triton.log`` in
+                the run's temporary folder, which :meth:`stop` removes).
+            timeout: seconds to wait for the model to be ready (a checkpoint loads first).
+            attempts: tries when a picked port was taken meanwhile.
+            extra_args: more tritonserver flags.
+
+        Raises:
+            RuntimeError: no tritonserver installed, or it exited or was not ready in time
+                (the message carries the end of its log).
+        """
+        dist = find_tritonserver()
+        if dist is None:
+            raise RuntimeError(
+                "tritonserver not found: pip install 'samserve[triton]' (the nvidia-pytriton "
+                "wheel ships the binary), or point the embedding service at a running Triton"
+            )
+        source = Path(model_repository) if model_repository is not None else DEFAULT_REPOSITORY
+        picked = 0 in (grpc_port, http_port, metrics_port)
+        last = ""
+        for _ in range(attempts):
+            workdir = Path(tempfile.mkdtemp(prefix="samserve-triton-"))
+            try:
+                backends = install_python_stub(dist, workdir)
+                name = write_model_repository(
+                    source, workdir / "models", variant, checkpoint=checkpoint, seed=seed,
+                    device=device, dtype=dtype, max_batch_size=max_batch_size,
+                    parameters=parameters,
+                )  # fmt: skip
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            ports = (grpc_port or free_port(host), http_port or free_port(host),
+                     metrics_port or free_port(host))  # fmt: skip
+            shm_prefix = f"samserve_{os.getpid()}_{workdir.name.rsplit('-', 1)[-1]}_"
+            logfile = Path(log_path) if log_path is not None else workdir / "triton.log"
+            args = [
+                str(dist.binary),
+                f"--model-repository={workdir / 'models'}",
+                f"--backend-directory={backends}",
+                f"--cache-directory={dist.binary.parent.parent / 'caches'}",
+                "--model-control-mode=none",
+                "--strict-readiness=true",
+                "--exit-on-error=true",
+                "--exit-timeout-secs=5",
+                f"--grpc-address={host}", f"--grpc-port={ports[0]}",
+                f"--http-address={host}", f"--http-port={ports[1]}",
+                f"--metrics-address={host}", f"--metrics-port={ports[2]}",
+                f"--allow-gpu-metrics={str(_uses_gpu(workdir / 'models', name)).lower()}",
+                f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+                f"--backend-config=python,shm-default-byte-size={_SHM_DEFAULT_BYTES}",
+                f"--backend-config=python,shm-growth-byte-size={_SHM_GROWTH_BYTES}",
+                *extra_args,
+            ]  # fmt: skip
+            with logfile.open("ab") as out:
+                proc = subprocess.Popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=server_env(dist),
+                    preexec_fn=_die_with_parent,
+                )
+            triton = cls(proc, name, host, *ports, workdir, logfile, shm_prefix)
+            try:
+                triton._wait_ready(timeout)
+            except BaseException as e:
+                triton.stop()
+                # Triton binds its ports only after loading the model, so a port picked here
+                # can be taken meanwhile; it then exits with "Socket ... already in use".
+                if isinstance(e, RuntimeError) and picked and "already in use" in str(e):
+                    last = str(e)
+                    continue
+                raise
+            log.info(
+                "tritonserver %s on %s (pid %d), log %s",
+                name, triton.grpc_address, proc.pid, logfile,
+            )  # fmt: skip
+            return triton
+        raise RuntimeError(f"could not start tritonserver: {last}")
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Poll the model's readiness over HTTP until ready, exited, or ``timeout``."""
+        url = f"{self.http_url}/v2/models/{self.model_name}/ready"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"tritonserver not ready after {timeout:g}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of tritonserver's log (startup errors, python backend tracebacks)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        # Skip the startup tables (backends, models, options): they crowd out the error.
+        kept = [ln for ln in text.splitlines() if not ln.startswith(("|", "+-"))]
+        return "\n".join(kept[-lines:])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (for tests); then clean up like :meth:`stop`."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.stop()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; reaps the child and removes its files."""
+        if self._stopped:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process.wait()
+        self._stopped = True
+        # A killed server leaves its python backend shared memory behind; the prefix is ours.
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                region.unlink()
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,1 @@
+../../sam_image_encoder_tiny/1/model.py
