@@ -61,7 +61,8 @@ def case(request, redis_server) -> Iterator[Case]:
         model = load_model("vit_b", "random", seed=0)
     sample = make_shapes_image(seed=7, height=240, width=320)
     stack = StackThread(model, redis_server.url).start()
-    client = stack.client()
+    # vit_b's encoder takes tens of seconds on 2 busy cores: allow it.
+    client = stack.client(timeout=600)
     ref = client.embed(png_bytes(sample.image))
     predictor = SamPredictor(model.sam)
     predictor.set_image(sample.image)
