@@ -11,9 +11,10 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
-	@command -v redis-server >/dev/null || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
-		else echo "redis-server is missing: sudo apt-get install redis-server" >&2; exit 1; fi; }
+	@command -v redis-server >/dev/null && command -v promtool >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+			apt-get install -y -qq --no-install-recommends redis-server prometheus; \
+		else echo "missing: sudo apt-get install redis-server prometheus" >&2; exit 1; fi; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU machines here carry these builds on disk.

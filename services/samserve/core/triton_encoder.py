@@ -42,6 +42,8 @@ def _channel_args() -> list[tuple[str, Any]]:
         ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.min_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 2000),
+        # With a `dns:///triton-headless:8001` address, spread calls over every Triton pod.
+        ("grpc.lb_policy_name", "round_robin"),
         # No keepalive pings: Triton's server refuses pings more often than every 5 minutes
         # (GOAWAY too_many_pings); dead peers are caught by each call's deadline instead.
     ]
