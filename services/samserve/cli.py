@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 
+from samserve import k8s
 from samserve.config import (
     ConfigError,
     EncoderSettings,
@@ -75,6 +76,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     seg.add_argument("--decoder", default=env.get("SAMSERVE_DECODER_ADDRESS", "127.0.0.1:50052"))
     seg.add_argument("--model", default="", help="model variant to ask for (default: server's)")
     seg.add_argument("--timeout", type=float, default=60.0)
+
+    status = sub.add_parser("status", help="health of a samserve deployment on Kubernetes")
+    k8s.add_cli_args(status, env)
     return parser
 
 
@@ -87,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if ns.command == "status":
+            from samserve.k8s import run_status
+
+            sys.exit(run_status(ns))
         if ns.command == "segment":
             from samserve.segment_cmd import run_segment
 
