@@ -1,4 +1,4 @@
-"""The ``samserve`` command: up | embedding | decoder | segment. Parses flags, nothing more."""
+"""The ``samserve`` command: up | embedding | decoder | segment | export. Parses flags only."""
 
 from __future__ import annotations
 
@@ -77,6 +77,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     seg.add_argument("--model", default="", help="model variant to ask for (default: server's)")
     seg.add_argument("--timeout", type=float, default=60.0)
 
+    export = sub.add_parser(
+        "export", help="segment everything in a folder of images: one SA-1B-style JSON each"
+    )
+    from samserve.export import add_cli_args as add_export_args
+
+    add_export_args(export, env)
+
     status = sub.add_parser("status", help="health of a samserve deployment on Kubernetes")
     k8s.add_cli_args(status, env)
     return parser
@@ -95,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from samserve.k8s import run_status
 
             sys.exit(run_status(ns))
+        if ns.command == "export":
+            from samserve.export import run_export
+
+            sys.exit(run_export(ns))
         if ns.command == "segment":
             from samserve.segment_cmd import run_segment
 

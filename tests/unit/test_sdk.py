@@ -14,6 +14,7 @@ from samserve_client.types import Prompt
 
 def test_exported_members() -> None:
     assert samserve_client.__all__ == [
+        "AsyncRefineSession",
         "AsyncSamClient",
         "CancelledError",
         "DeadlineExceededError",
@@ -22,6 +23,7 @@ def test_exported_members() -> None:
         "InvalidArgumentError",
         "NotFoundError",
         "Prompt",
+        "RefineSession",
         "ResourceExhaustedError",
         "SamClient",
         "SamServeError",

@@ -20,9 +20,9 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from samserve.core import keys
+from samserve.core import amg, keys
 from samserve.core.errors import InvalidInput, NotFound, ResourceExhausted
-from samserve.core.masks import encode_coco_rle, pack_bitmask
+from samserve.core.masks import Polygon, encode_coco_rle, encode_polygons, pack_bitmask
 from samserve.core.metrics import Metrics
 from samserve.core.models import check_requested_model
 from samserve.core.prefix import ImagePrefix, build_prefix
@@ -37,6 +37,7 @@ class MaskEncoding(Enum):
 
     BITMASK = "bitmask"
     COCO_RLE = "coco_rle"
+    POLYGON = "polygon"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +68,9 @@ class Prediction:
 
 @dataclass(frozen=True, slots=True)
 class EncodedPrediction:
-    """A prediction with its masks encoded for the wire."""
+    """A prediction with its masks encoded for the wire (bytes, or polygons for POLYGON)."""
 
-    masks: list[bytes]
+    masks: list[bytes] | list[list[Polygon]]
     scores: np.ndarray
     low_res_logits: np.ndarray | None
 
@@ -231,6 +232,12 @@ class Decoder:
         """
         if not keys.is_image_id(image_id):
             raise InvalidInput("image_id: expected a lowercase hex sha256 (64 characters)")
+        loaded = await self._load_stored(image_id)
+        if loaded is None:
+            raise NotFound(f"image_id: no embedding stored for {image_id} under {self.model_id}")
+        return loaded
+
+    async def _load_stored(self, image_id: str) -> Loaded | None:
         key = keys.embedding_key(self.model_id, image_id)
         loaded = self._lru.get(key)
         self.metrics.cache.labels("lru", "hit" if loaded is not None else "miss").inc()
@@ -239,7 +246,7 @@ class Decoder:
         emb = await self.store.get(self.model_id, image_id)
         self.metrics.cache.labels("redis", "hit" if emb is not None else "miss").inc()
         if emb is None:
-            raise NotFound(f"image_id: no embedding stored for {image_id} under {self.model_id}")
+            return None
         loop = asyncio.get_running_loop()
         fresh = await loop.run_in_executor(
             self._pool, load_embedding, self.sam, self._dense_pe, emb
@@ -295,14 +302,148 @@ class Decoder:
         out = []
         for p in prompts:
             pred = predict(self.sam, self._dense_pe, loaded, p, multimask_output)
+            masks: list[bytes] | list[list[Polygon]]
             if encoding is MaskEncoding.COCO_RLE:
                 masks = encode_coco_rle(pred.masks)
+            elif encoding is MaskEncoding.POLYGON:
+                masks = [encode_polygons(m) for m in pred.masks]
             else:
                 masks = [pack_bitmask(m) for m in pred.masks]
             logits = pred.low_res_logits if return_low_res_logits else None
             out.append(EncodedPrediction(masks, pred.scores, logits))
         return out
 
+    async def segment_everything(
+        self, image_id: str, params: amg.AmgParams, *, model: str = ""
+    ) -> tuple[tuple[int, int], list[amg.AmgRecord]]:
+        """``SamAutomaticMaskGenerator(**params).generate`` on the stored image ``image_id``.
+
+        Returns:
+            The original (H, W) and the records in ``generate()`` order.
+
+        Raises:
+            InvalidInput: a bad parameter or image id.
+            ResourceExhausted: parameters over the service limits.
+            NotFound: the image, or one of its crops (``crop_n_layers >= 1``; EmbedCrops stores
+                them), has no stored embedding.
+        """
+        self.check_model(model)
+        params.validate()
+        whole = await self.load(image_id)
+        boxes, layers = amg.crop_boxes(
+            whole.original_size, params.crop_n_layers, params.crop_overlap_ratio
+        )
+        crops: list[tuple[list[int], int, amg.CropEmbedding]] = []
+        missing = 0
+        for box, layer in zip(boxes, layers, strict=True):
+            full = box == [0, 0, whole.original_size[1], whole.original_size[0]]
+            loaded = whole if full else await self._load_stored(keys.crop_id(image_id, box))
+            if loaded is None:
+                missing += 1
+                continue
+            emb = amg.CropEmbedding(
+                loaded.features, loaded.prefix, loaded.original_size, loaded.input_size
+            )
+            crops.append((box, layer, emb))
+        if missing:
+            raise NotFound(
+                f"image_id: {missing} of {len(boxes)} crop embeddings of {image_id} are not "
+                "stored (EmbedCrops stores them)"
+            )
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        records = await loop.run_in_executor(
+            self._pool, amg.generate, self.sam, params, whole.original_size, crops
+        )
+        self.metrics.decoder_seconds.observe(time.perf_counter() - start)
+        return whole.original_size, records
+
+    def refine_session(self) -> RefineSession:
+        """A new interactive refinement session (one per Refine stream)."""
+        return RefineSession(self)
+
     async def close(self) -> None:
         """Stop the decoder threads."""
         self._pool.shutdown(wait=True)
+
+
+class RefineSession:
+    """Interactive refinement on one image, as the official demo chains ``SamPredictor.predict``.
+
+    Each :meth:`step` adds a click (or sets the box) and predicts with every click so far, the
+    current box and, after the first step, the previous step's best low-resolution logits
+    (highest score) as ``mask_input``.
+    """
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self.image_id = ""
+        self.steps = 0
+        self._points: list[tuple[float, float]] = []
+        self._labels: list[int] = []
+        self._box: np.ndarray | None = None
+        self._logits: np.ndarray | None = None
+
+    def reset(self) -> None:
+        """Forget clicks, box and logits."""
+        self.steps = 0
+        self._points, self._labels, self._box, self._logits = [], [], None, None
+
+    async def step(
+        self,
+        image_id: str,
+        *,
+        point: tuple[float, float, int] | None = None,
+        box: np.ndarray | None = None,
+        model: str = "",
+        multimask_output: bool = False,
+        encoding: MaskEncoding = MaskEncoding.BITMASK,
+        return_low_res_logits: bool = False,
+        reset: bool = False,
+    ) -> tuple[tuple[int, int], EncodedPrediction]:
+        """Apply one click (x, y, label) and/or box, and predict.
+
+        Raises:
+            InvalidInput: no image yet, a step with neither a point nor a box, a bad point/box.
+            NotFound: no embedding stored for the image.
+        """
+        self.decoder.check_model(model)
+        if reset or (image_id and image_id != self.image_id):
+            self.reset()
+            self.image_id = image_id or self.image_id
+        if not self.image_id:
+            raise InvalidInput("image_id: the first request of a session must name the image")
+        if point is None and box is None:
+            raise InvalidInput("a refinement step needs a point or a box")
+        points = self._points + ([point[:2]] if point is not None else [])
+        labels = self._labels + ([point[2]] if point is not None else [])
+        prompt = PromptSpec(
+            points=np.array(points, dtype=np.float64).reshape(-1, 2) if points else None,
+            labels=np.array(labels, dtype=np.int64) if points else None,
+            box=box if box is not None else self._box,
+            mask_input=None if self._logits is None else self._logits[None],
+        )
+        validate_prompt(prompt, 0, self.decoder.max_points)
+        loaded = await self.decoder.load(self.image_id)
+        loop = asyncio.get_running_loop()
+        pred = await loop.run_in_executor(
+            self.decoder._pool,
+            predict,
+            self.decoder.sam,
+            self.decoder._dense_pe,
+            loaded,
+            prompt,
+            multimask_output,
+        )
+        self._points, self._labels, self._box = points, labels, prompt.box
+        self._logits = pred.low_res_logits[int(np.argmax(pred.scores))]
+        self.steps += 1
+        masks: list[bytes] | list[list[Polygon]]
+        if encoding is MaskEncoding.COCO_RLE:
+            masks = encode_coco_rle(pred.masks)
+        elif encoding is MaskEncoding.POLYGON:
+            masks = [encode_polygons(m) for m in pred.masks]
+        else:
+            masks = [pack_bitmask(m) for m in pred.masks]
+        logits = pred.low_res_logits if return_low_res_logits else None
+        return loaded.original_size, EncodedPrediction(masks, pred.scores, logits)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from samserve.core import amg, keys
 from samserve.core.coalesce import SingleFlight
 from samserve.core.encoder import Encoder, make_embedding, resize_for_encoder
 from samserve.core.errors import InvalidInput, ResourceExhausted
@@ -28,6 +30,16 @@ class EmbedResult:
     cached: bool
     original_size: tuple[int, int]
     encode_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CropsResult:
+    """What EmbedCrops answers: the id, the geometry, crops needed and crops encoded now."""
+
+    image_id: str
+    original_size: tuple[int, int]
+    crops: int
+    encoded: int
 
 
 class Embedder:
@@ -62,6 +74,7 @@ class Embedder:
         self.max_image_bytes = max_image_bytes
         self.max_pixels = max_pixels
         self._flight: SingleFlight[EmbedResult] = SingleFlight()
+        self._crop_flight: SingleFlight[bool] = SingleFlight()
 
     def check_model(self, model: str) -> None:
         """Reject a request that names a model this service does not run."""
@@ -81,6 +94,50 @@ class Embedder:
         if shared:
             self.metrics.coalesced.inc()
         return result
+
+    async def embed_crops(
+        self, data: bytes, crop_n_layers: int, crop_overlap_ratio: float, model: str = ""
+    ) -> CropsResult:
+        """Store the whole-image embedding of ``data`` and every crop embedding that
+        segment-everything needs for these crop parameters (crops already stored are skipped).
+
+        Each crop is cut, resized and encoded exactly as ``SamAutomaticMaskGenerator._process_crop``
+        does with ``SamPredictor.set_image(image[y0:y1, x0:x1])``, and stored under
+        :func:`keys.crop_id`. The first crop box is the whole image: its embedding is the
+        whole-image one.
+        """
+        amg.validate_crop_params(crop_n_layers, crop_overlap_ratio)
+        whole = await self.embed(data, model)
+        boxes, _ = amg.crop_boxes(whole.original_size, crop_n_layers, crop_overlap_ratio)
+        h, w = whole.original_size
+        image: np.ndarray | None = None
+        encoded = 0
+        for box in boxes:
+            if box == [0, 0, w, h]:
+                continue
+            cid = keys.crop_id(whole.image_id, box)
+            if await self.store.get(self.model_id, cid) is not None:
+                continue
+            if image is None:
+                image = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
+            ran, shared = await self._crop_flight.run(
+                cid, functools.partial(self._embed_crop, image, box, cid)
+            )
+            encoded += int(ran and not shared)
+        return CropsResult(whole.image_id, whole.original_size, len(boxes), encoded)
+
+    async def _embed_crop(self, image: np.ndarray, box: list[int], cid: str) -> bool:
+        if await self.store.get(self.model_id, cid) is not None:
+            return False
+        x0, y0, x1, y1 = box
+        crop = np.ascontiguousarray(image[y0:y1, x0:x1, :])
+        input_image = await asyncio.to_thread(resize_for_encoder, crop)
+        start = time.perf_counter()
+        features = await self.encoder.encode(input_image)
+        self.metrics.encoder_seconds.observe(time.perf_counter() - start)
+        size = (int(crop.shape[0]), int(crop.shape[1]))
+        await self.store.put(self.model_id, cid, make_embedding(features, size, input_image))
+        return True
 
     async def _embed(self, image_id: str, data: bytes) -> EmbedResult:
         stored = await self.store.get(self.model_id, image_id)

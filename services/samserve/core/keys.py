@@ -22,3 +22,14 @@ def is_image_id(value: str) -> bool:
 def embedding_key(model_id: str, image_id: str) -> str:
     """Key of the whole-image embedding of ``image_id`` under ``model_id``."""
     return f"{PREFIX}:emb:v{LAYOUT_VERSION}:{model_id}:{image_id}"
+
+
+def crop_id(image_id: str, box: list[int]) -> str:
+    """Store id of the embedding of crop ``box`` (XYXY pixels) of ``image_id``.
+
+    Crop embeddings live next to whole-image ones, under
+    ``samserve:emb:v{LAYOUT}:{model_id}:{image_id}:crop:{x0},{y0},{x1},{y1}``, so they share the
+    whole-image entries' model and layout isolation (and their TTL).
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return f"{image_id}:crop:{x0},{y0},{x1},{y1}"

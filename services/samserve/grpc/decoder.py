@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+
 import grpc
 import numpy as np
 
+from samserve.core.amg import AmgParams, AmgRecord
 from samserve.core.decoder import Decoder, EncodedPrediction, MaskEncoding, PromptSpec
-from samserve.core.errors import InvalidInput
+from samserve.core.errors import InvalidInput, SamServeError
+from samserve.core.masks import coco_rle_counts, pack_bitmask_rle
 from samserve.core.metrics import Metrics
-from samserve.grpc.status import rpc
+from samserve.grpc.status import rpc, status_of
 from samserve_client.pb import common_pb2, decoder_pb2, decoder_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 SERVICE = decoder_pb2.DESCRIPTOR.services_by_name["DecoderService"].full_name
 
@@ -17,6 +26,7 @@ _ENCODINGS = {
     common_pb2.MASK_ENCODING_UNSPECIFIED: MaskEncoding.BITMASK,
     common_pb2.MASK_ENCODING_BITMASK: MaskEncoding.BITMASK,
     common_pb2.MASK_ENCODING_COCO_RLE: MaskEncoding.COCO_RLE,
+    common_pb2.MASK_ENCODING_POLYGON: MaskEncoding.POLYGON,
 }
 
 
@@ -52,16 +62,19 @@ def result_to_proto(
     pred: EncodedPrediction, encoding: MaskEncoding, h: int, w: int
 ) -> decoder_pb2.PromptResult:
     """A PromptResult message from an encoded prediction."""
-    if encoding is MaskEncoding.COCO_RLE:
-        masks = [
-            common_pb2.Mask(height=h, width=w, coco_rle=common_pb2.CocoRle(counts=m))
-            for m in pred.masks
-        ]
-    else:
-        masks = [
-            common_pb2.Mask(height=h, width=w, bitmask=common_pb2.PackedBitmask(data=m))
-            for m in pred.masks
-        ]
+    masks = []
+    for m in pred.masks:
+        if isinstance(m, list):
+            polygons = common_pb2.Polygons(
+                polygons=[common_pb2.Polygon(xy=p.xy.ravel().tolist(), hole=p.hole) for p in m]
+            )
+            masks.append(common_pb2.Mask(height=h, width=w, polygons=polygons))
+        elif encoding is MaskEncoding.COCO_RLE:
+            masks.append(common_pb2.Mask(height=h, width=w, coco_rle=common_pb2.CocoRle(counts=m)))
+        else:
+            masks.append(
+                common_pb2.Mask(height=h, width=w, bitmask=common_pb2.PackedBitmask(data=m))
+            )
     result = decoder_pb2.PromptResult(masks=masks, scores=pred.scores.tolist())
     if pred.low_res_logits is not None:
         logits = np.ascontiguousarray(pred.low_res_logits, dtype="<f4")
@@ -71,6 +84,40 @@ def result_to_proto(
             )
         )
     return result
+
+
+#: Bytes of masks per streamed SegmentEverything message (well under any message limit).
+STREAM_CHUNK_BYTES = 1 << 20
+
+
+def amg_params_from_proto(msg: decoder_pb2.SegmentEverythingRequest) -> AmgParams:
+    """AmgParams from the request: each unset field keeps the official default."""
+    given = {
+        f.name: getattr(msg, f.name) for f in dataclasses.fields(AmgParams) if msg.HasField(f.name)
+    }
+    return AmgParams(**given)
+
+
+def record_to_proto(r: AmgRecord, output_mode: str) -> decoder_pb2.MaskRecord:
+    """A MaskRecord message: the mask as a packed bitmask, or COCO RLE for ``coco_rle``."""
+    h, w = (int(v) for v in r.rle["size"])
+    if output_mode == "coco_rle":
+        mask = common_pb2.Mask(
+            height=h, width=w, coco_rle=common_pb2.CocoRle(counts=coco_rle_counts(r.rle))
+        )
+    else:
+        mask = common_pb2.Mask(
+            height=h, width=w, bitmask=common_pb2.PackedBitmask(data=pack_bitmask_rle(r.rle))
+        )
+    return decoder_pb2.MaskRecord(
+        segmentation=mask,
+        area=r.area,
+        bbox=r.bbox,
+        predicted_iou=r.predicted_iou,
+        point_coords=r.point_coords,
+        stability_score=r.stability_score,
+        crop_box=r.crop_box,
+    )
 
 
 class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
@@ -103,3 +150,115 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             height=h,
             width=w,
         )
+
+    async def SegmentEverything(  # noqa: N802
+        self,
+        request: decoder_pb2.SegmentEverythingRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[decoder_pb2.SegmentEverythingResponse]:
+        """SegmentEverything: INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE.
+
+        The masks are computed first (the official algorithm needs all of them for its NMS), then
+        streamed in groups of about STREAM_CHUNK_BYTES; an empty answer is one empty group.
+        """
+        method = "SegmentEverything"
+        self.metrics.inflight.labels(SERVICE, method).inc()
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        message = ""
+        try:
+            params = amg_params_from_proto(request)
+            (h, w), records = await self.decoder.segment_everything(
+                request.image_id, params, model=request.model
+            )
+            group: list[decoder_pb2.MaskRecord] = []
+            size = 0
+            for r in records:
+                msg = record_to_proto(r, params.output_mode)
+                group.append(msg)
+                size += msg.ByteSize()
+                if size >= STREAM_CHUNK_BYTES:
+                    yield self._everything_response(group, h, w)
+                    group, size = [], 0
+            if group or not records:
+                yield self._everything_response(group, h, w)
+        except SamServeError as e:
+            code, message = status_of(e)
+            log.info("%s/%s -> %s: %s", SERVICE, method, code.name, message)
+        except Exception as e:
+            code, message = status_of(e)
+            log.exception("%s/%s failed", SERVICE, method)
+        except BaseException:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self.metrics.inflight.labels(SERVICE, method).dec()
+            self.metrics.latency.labels(SERVICE, method).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(SERVICE, method, code.name).inc()
+        if code is not grpc.StatusCode.OK:
+            await context.abort(code, message)
+
+    def _everything_response(
+        self, records: list[decoder_pb2.MaskRecord], h: int, w: int
+    ) -> decoder_pb2.SegmentEverythingResponse:
+        return decoder_pb2.SegmentEverythingResponse(
+            records=records, model_id=self.decoder.model_id, height=h, width=w
+        )
+
+    async def Refine(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[decoder_pb2.RefineRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[decoder_pb2.RefineResponse]:
+        """Refine: one response per request; the first error ends the stream with its status
+        (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE)."""
+        method = "Refine"
+        session = self.decoder.refine_session()
+        self.metrics.inflight.labels(SERVICE, method).inc()
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        message = ""
+        try:
+            async for req in request_iterator:
+                encoding = _ENCODINGS.get(req.mask_encoding)
+                if encoding is None:
+                    raise InvalidInput("mask_encoding: unsupported value")
+                point = None
+                if req.HasField("point"):
+                    point = (float(req.point.x), float(req.point.y), int(req.point.label))
+                box = None
+                if req.HasField("box"):
+                    b = req.box
+                    box = np.array([b.x0, b.y0, b.x1, b.y1], dtype=np.float64)
+                (h, w), pred = await session.step(
+                    req.image_id,
+                    point=point,
+                    box=box,
+                    model=req.model,
+                    multimask_output=req.multimask_output,
+                    encoding=encoding,
+                    return_low_res_logits=req.return_low_res_logits,
+                    reset=req.reset,
+                )
+                yield decoder_pb2.RefineResponse(
+                    result=result_to_proto(pred, encoding, h, w),
+                    step=session.steps,
+                    model_id=self.decoder.model_id,
+                    height=h,
+                    width=w,
+                )
+        except SamServeError as e:
+            code, message = status_of(e)
+            log.info("%s/%s -> %s: %s", SERVICE, method, code.name, message)
+        except Exception as e:
+            code, message = status_of(e)
+            log.exception("%s/%s failed", SERVICE, method)
+        except BaseException:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self.metrics.inflight.labels(SERVICE, method).dec()
+            self.metrics.latency.labels(SERVICE, method).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(SERVICE, method, code.name).inc()
+        if code is not grpc.StatusCode.OK:
+            await context.abort(code, message)

@@ -70,6 +70,23 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                 self.metrics.requests.labels(SERVICE, "EmbedStream", code.name).inc()
             yield reply
 
+    @rpc(SERVICE, "EmbedCrops")
+    async def EmbedCrops(  # noqa: N802
+        self, request: embedding_pb2.EmbedCropsRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.EmbedCropsResponse:
+        """EmbedCrops: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE."""
+        r = await self.embedder.embed_crops(
+            request.image, request.crop_n_layers, request.crop_overlap_ratio, request.model
+        )
+        return embedding_pb2.EmbedCropsResponse(
+            image_id=r.image_id,
+            model_id=self.embedder.model_id,
+            crops=r.crops,
+            encoded=r.encoded,
+            height=r.original_size[0],
+            width=r.original_size[1],
+        )
+
     @rpc(SERVICE, "GetModelInfo")
     async def GetModelInfo(  # noqa: N802
         self, request: embedding_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext

@@ -3,6 +3,7 @@
 from samserve_client._async_client import AsyncSamClient
 from samserve_client._client import SamClient
 from samserve_client._image import image_id
+from samserve_client._refine import AsyncRefineSession, RefineSession
 from samserve_client.errors import (
     CancelledError,
     DeadlineExceededError,
@@ -16,6 +17,7 @@ from samserve_client.errors import (
 from samserve_client.types import EmbeddingRef, Prompt, SegmentResult
 
 __all__ = [
+    "AsyncRefineSession",
     "AsyncSamClient",
     "CancelledError",
     "DeadlineExceededError",
@@ -24,6 +26,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "Prompt",
+    "RefineSession",
     "ResourceExhaustedError",
     "SamClient",
     "SamServeError",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
+from typing import Any
 
 import grpc
 import numpy.typing as npt
@@ -11,6 +13,7 @@ import numpy.typing as npt
 from samserve_client import _convert
 from samserve_client._channel import DEFAULT_TIMEOUT, aio_channel
 from samserve_client._image import ImageLike, encode, to_bytes
+from samserve_client._refine import SESSION_TIMEOUT, AsyncRefineSession
 from samserve_client.errors import NotFoundError, from_rpc_error
 from samserve_client.pb import decoder_pb2, decoder_pb2_grpc, embedding_pb2, embedding_pb2_grpc
 from samserve_client.types import EmbeddingRef, Prompt, SegmentResult
@@ -111,6 +114,58 @@ class AsyncSamClient:
         await self._embed_bytes(data, timeout)
         return await self._segment(request, timeout)
 
+    async def segment_everything(
+        self,
+        image: ImageLike | EmbeddingRef,
+        *,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> list[dict[str, Any]]:
+        """Segment everything; see :meth:`SamClient.segment_everything`."""
+        data, key = (None, image.image_id) if isinstance(image, EmbeddingRef) else encode(image)
+        request = _convert.segment_everything_request(key, self.model, params)
+        try:
+            return await self._everything(request, timeout)
+        except NotFoundError:
+            if data is None:
+                raise
+        # Hash-first: upload once (with the crops this call needs), then ask again.
+        if int(request.crop_n_layers) > 0:
+            await self._embed_crops(data, params, timeout)
+        else:
+            await self._embed_bytes(data, timeout)
+        return await self._everything(request, timeout)
+
+    def refine(
+        self,
+        image: ImageLike | EmbeddingRef,
+        *,
+        multimask_output: bool = False,
+        mask_encoding: str = "bitmask",
+        return_low_res_logits: bool = False,
+        timeout: float = SESSION_TIMEOUT,
+    ) -> AsyncRefineSession:
+        """An interactive refinement session on ``image`` (one Refine stream).
+
+        Each ``session.click(x, y, label)`` or ``session.box(xyxy)`` returns the refined
+        :class:`SegmentResult`, predicted with every click so far and the previous best
+        low-resolution logits as ``mask_input`` (the official demo's chained
+        ``SamPredictor.predict`` calls). The image is uploaded only if the first step finds no
+        stored embedding. ``timeout`` bounds the whole session. Use it as a context manager.
+        """
+        data, key = (None, image.image_id) if isinstance(image, EmbeddingRef) else encode(image)
+        upload = None if data is None else functools.partial(self._embed_bytes, data, None)
+        return AsyncRefineSession(
+            self._decoder,
+            key,
+            upload,
+            timeout,
+            model=self.model,
+            multimask_output=multimask_output,
+            mask_encoding=mask_encoding,
+            return_low_res_logits=return_low_res_logits,
+        )
+
     async def model_info(
         self, *, timeout: float | None = None
     ) -> embedding_pb2.GetModelInfoResponse:
@@ -156,3 +211,23 @@ class AsyncSamClient:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from e
         return _convert.segment_results(resp)
+
+    async def _everything(
+        self, request: decoder_pb2.SegmentEverythingRequest, timeout: float | None
+    ) -> list[dict[str, Any]]:
+        try:
+            call = self._decoder.SegmentEverything(request, timeout=timeout or self.timeout)
+            return _convert.everything_records([resp async for resp in call])
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e
+
+    async def _embed_crops(
+        self, data: bytes, params: dict[str, Any], timeout: float | None
+    ) -> None:
+        try:
+            await self._embedding.EmbedCrops(
+                _convert.embed_crops_request(data, self.model, params),
+                timeout=timeout or self.timeout,
+            )
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e

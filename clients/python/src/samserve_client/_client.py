@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from types import TracebackType
+from typing import Any
 
 import grpc
 import numpy.typing as npt
@@ -11,6 +13,7 @@ import numpy.typing as npt
 from samserve_client import _convert
 from samserve_client._channel import DEFAULT_TIMEOUT, sync_channel
 from samserve_client._image import ImageLike, encode, to_bytes
+from samserve_client._refine import SESSION_TIMEOUT, RefineSession
 from samserve_client.errors import NotFoundError, from_rpc_error
 from samserve_client.pb import decoder_pb2, decoder_pb2_grpc, embedding_pb2, embedding_pb2_grpc
 from samserve_client.types import EmbeddingRef, Prompt, SegmentResult
@@ -95,7 +98,8 @@ class SamClient:
             mask_input: (1, 256, 256) logits from a previous result's ``low_res_logits[i]``.
             multimask_output: three masks (True) or one (False).
             return_low_res_logits: also fetch the (K, 256, 256) logits.
-            mask_encoding: ``"bitmask"`` or ``"coco_rle"`` on the wire (both decode to arrays).
+            mask_encoding: ``"bitmask"``, ``"coco_rle"`` or ``"polygon"`` (lossy at the pixel
+                boundary) on the wire; all decode to arrays.
             timeout: deadline in seconds per call.
 
         Returns:
@@ -140,6 +144,76 @@ class SamClient:
         self._embed_bytes(data, timeout)
         return self._segment(request, timeout)
 
+    def segment_everything(
+        self,
+        image: ImageLike | EmbeddingRef,
+        *,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> list[dict[str, Any]]:
+        """Segment everything, as ``SamAutomaticMaskGenerator(model, **params).generate(image)``.
+
+        Args:
+            image: the image (uploaded only when an embedding it needs is not stored) or an
+                :class:`EmbeddingRef` (then crop embeddings must already be stored).
+            timeout: deadline in seconds per call.
+            **params: ``SamAutomaticMaskGenerator``'s keyword parameters, same names and
+                defaults (points_per_side=32, points_per_batch=64, pred_iou_thresh=0.88,
+                stability_score_thresh=0.95, stability_score_offset=1.0, box_nms_thresh=0.7,
+                crop_n_layers=0, crop_nms_thresh=0.7, crop_overlap_ratio=512/1500,
+                crop_n_points_downscale_factor=1, min_mask_region_area=0,
+                output_mode="binary_mask" or "coco_rle").
+
+        Returns:
+            What ``generate()`` returns: dicts with ``segmentation`` (bool (H, W), or a COCO RLE
+            dict ``{"size": [H, W], "counts": str}``), ``area``, ``bbox`` (XYWH),
+            ``predicted_iou``, ``point_coords`` ([[x, y]]), ``stability_score``, ``crop_box``
+            (XYWH).
+        """
+        data, key = (None, image.image_id) if isinstance(image, EmbeddingRef) else encode(image)
+        request = _convert.segment_everything_request(key, self.model, params)
+        try:
+            return self._everything(request, timeout)
+        except NotFoundError:
+            if data is None:
+                raise
+        # Hash-first: upload once (with the crops this call needs), then ask again.
+        if int(request.crop_n_layers) > 0:
+            self._embed_crops(data, params, timeout)
+        else:
+            self._embed_bytes(data, timeout)
+        return self._everything(request, timeout)
+
+    def refine(
+        self,
+        image: ImageLike | EmbeddingRef,
+        *,
+        multimask_output: bool = False,
+        mask_encoding: str = "bitmask",
+        return_low_res_logits: bool = False,
+        timeout: float = SESSION_TIMEOUT,
+    ) -> RefineSession:
+        """An interactive refinement session on ``image`` (one Refine stream).
+
+        Each ``session.click(x, y, label)`` or ``session.box(xyxy)`` returns the refined
+        :class:`SegmentResult`, predicted with every click so far and the previous best
+        low-resolution logits as ``mask_input`` (the official demo's chained
+        ``SamPredictor.predict`` calls). The image is uploaded only if the first step finds no
+        stored embedding. ``timeout`` bounds the whole session. Use it as a context manager.
+        """
+        data, key = (None, image.image_id) if isinstance(image, EmbeddingRef) else encode(image)
+        upload = None if data is None else functools.partial(self._embed_bytes, data, None)
+        return RefineSession(
+            self._decoder,
+            key,
+            upload,
+            timeout,
+            model=self.model,
+            multimask_output=multimask_output,
+            mask_encoding=mask_encoding,
+            return_low_res_logits=return_low_res_logits,
+        )
+
     def model_info(self, *, timeout: float | None = None) -> embedding_pb2.GetModelInfoResponse:
         """The embedding service's model: variant, model_id, weights checksum and source."""
         try:
@@ -183,3 +257,21 @@ class SamClient:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from e
         return _convert.segment_results(resp)
+
+    def _everything(
+        self, request: decoder_pb2.SegmentEverythingRequest, timeout: float | None
+    ) -> list[dict[str, Any]]:
+        try:
+            stream = self._decoder.SegmentEverything(request, timeout=timeout or self.timeout)
+            return _convert.everything_records(stream)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e
+
+    def _embed_crops(self, data: bytes, params: dict[str, Any], timeout: float | None) -> None:
+        try:
+            self._embedding.EmbedCrops(
+                _convert.embed_crops_request(data, self.model, params),
+                timeout=timeout or self.timeout,
+            )
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +15,7 @@ from samserve_client.types import EmbeddingRef, Prompt, SegmentResult
 MASK_ENCODINGS: dict[str, int] = {
     "bitmask": common_pb2.MASK_ENCODING_BITMASK,
     "coco_rle": common_pb2.MASK_ENCODING_COCO_RLE,
+    "polygon": common_pb2.MASK_ENCODING_POLYGON,
 }
 _DTYPES = {common_pb2.D_TYPE_FLOAT32: np.float32, common_pb2.D_TYPE_FLOAT16: np.float16}
 
@@ -98,7 +100,41 @@ def mask_from_proto(msg: common_pb2.Mask) -> np.ndarray:
 
         rle = {"size": [h, w], "counts": msg.coco_rle.counts}
         return np.asarray(mask_utils.decode(rle), dtype=bool)
+    if kind == "polygons":
+        return polygons_to_mask(
+            [
+                (np.asarray(p.xy, dtype=np.int32).reshape(-1, 2), p.hole)
+                for p in msg.polygons.polygons
+            ],
+            h,
+            w,
+        )
     raise ValueError(f"mask without an encoding ({kind})")
+
+
+def polygons_to_mask(
+    polygons: Sequence[tuple[np.ndarray, bool]], height: int, width: int
+) -> np.ndarray:
+    """Rasterise (vertices (N, 2) int (x, y), is_hole) polygons into a bool (H, W) mask.
+
+    Outer polygons are filled with their edges (``cv2.fillPoly`` + ``cv2.polylines``); hole
+    interiors are cleared, their edges (pixels of the mask) kept. Polygons are lossy at the
+    pixel boundary (thin parts); needs OpenCV (``opencv-python-headless``).
+    """
+    import cv2  # the `polygon` extra
+
+    outer = [xy.reshape(-1, 1, 2) for xy, hole in polygons if not hole]
+    holes = [xy.reshape(-1, 1, 2) for xy, hole in polygons if hole]
+    mask = np.zeros((height, width), dtype=np.uint8)
+    if outer:
+        cv2.fillPoly(mask, outer, (1,))
+        cv2.polylines(mask, outer, True, (1,))
+    if holes:
+        inside = np.zeros_like(mask)
+        cv2.fillPoly(inside, holes, (1,))
+        cv2.polylines(inside, holes, True, (0,))
+        mask[inside.astype(bool)] = 0
+    return mask.astype(bool)
 
 
 def masks_from_proto(masks: Sequence[common_pb2.Mask], height: int, width: int) -> np.ndarray:
@@ -159,3 +195,112 @@ def single_prompt(
 ) -> Prompt:
     """The Prompt for ``segment``'s keyword arguments."""
     return Prompt(points=points, labels=labels, box=box, mask_input=mask_input)
+
+
+#: SamAutomaticMaskGenerator's parameters and defaults, as segment_everything takes them.
+AMG_DEFAULTS: dict[str, Any] = {
+    "points_per_side": 32,
+    "points_per_batch": 64,
+    "pred_iou_thresh": 0.88,
+    "stability_score_thresh": 0.95,
+    "stability_score_offset": 1.0,
+    "box_nms_thresh": 0.7,
+    "crop_n_layers": 0,
+    "crop_nms_thresh": 0.7,
+    "crop_overlap_ratio": 512 / 1500,
+    "crop_n_points_downscale_factor": 1,
+    "min_mask_region_area": 0,
+    "output_mode": "binary_mask",
+}
+
+
+def segment_everything_request(
+    image_id: str, model: str, params: dict[str, Any]
+) -> decoder_pb2.SegmentEverythingRequest:
+    """Build a SegmentEverythingRequest; every parameter is sent explicitly."""
+    unknown = sorted(set(params) - set(AMG_DEFAULTS))
+    if unknown:
+        raise InvalidArgumentError(f"unknown segment_everything parameters: {unknown}")
+    if params.get("output_mode", "binary_mask") not in ("binary_mask", "coco_rle"):
+        raise InvalidArgumentError('output_mode must be "binary_mask" or "coco_rle"')
+    values = {**AMG_DEFAULTS, **params}
+    return decoder_pb2.SegmentEverythingRequest(image_id=image_id, model=model, **values)
+
+
+def embed_crops_request(
+    data: bytes, model: str, params: dict[str, Any]
+) -> embedding_pb2.EmbedCropsRequest:
+    """The EmbedCropsRequest that stores the crops a segment_everything call needs."""
+    values = {**AMG_DEFAULTS, **params}
+    return embedding_pb2.EmbedCropsRequest(
+        image=data,
+        model=model,
+        crop_n_layers=int(values["crop_n_layers"]),
+        crop_overlap_ratio=float(values["crop_overlap_ratio"]),
+    )
+
+
+def everything_records(
+    responses: Iterable[decoder_pb2.SegmentEverythingResponse],
+) -> list[dict[str, Any]]:
+    """Collect a SegmentEverything stream into ``generate()``-style dicts."""
+    out: list[dict[str, Any]] = []
+    for resp in responses:
+        out.extend(everything_record(r) for r in resp.records)
+    return out
+
+
+def everything_record(r: decoder_pb2.MaskRecord) -> dict[str, Any]:
+    """One ``generate()`` record: a bool (H, W) mask, or a COCO RLE dict for coco_rle."""
+    seg = r.segmentation
+    segmentation: Any
+    if seg.WhichOneof("encoding") == "coco_rle":
+        segmentation = {"size": [seg.height, seg.width], "counts": seg.coco_rle.counts.decode()}
+    else:
+        segmentation = mask_from_proto(seg)
+    return {
+        "segmentation": segmentation,
+        "area": int(r.area),
+        "bbox": [int(v) for v in r.bbox],
+        "predicted_iou": float(r.predicted_iou),
+        "point_coords": [[float(v) for v in r.point_coords]],
+        "stability_score": float(r.stability_score),
+        "crop_box": [int(v) for v in r.crop_box],
+    }
+
+
+def refine_request(
+    image_id: str,
+    *,
+    model: str,
+    point: tuple[float, float, int] | None,
+    box: npt.ArrayLike | None,
+    multimask_output: bool,
+    mask_encoding: str,
+    return_low_res_logits: bool,
+) -> decoder_pb2.RefineRequest:
+    """One refinement step: a click (x, y, label) and/or a box XYXY."""
+    if mask_encoding not in MASK_ENCODINGS:
+        raise InvalidArgumentError(f"mask_encoding must be one of {sorted(MASK_ENCODINGS)}")
+    msg = decoder_pb2.RefineRequest(
+        image_id=image_id,
+        model=model,
+        multimask_output=multimask_output,
+        mask_encoding=MASK_ENCODINGS[mask_encoding],  # type: ignore[arg-type]
+        return_low_res_logits=return_low_res_logits,
+    )
+    if point is not None:
+        x, y, label = point
+        msg.point.CopyFrom(common_pb2.Point(x=float(x), y=float(y), label=int(label)))
+    if box is not None:
+        x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
+        msg.box.CopyFrom(common_pb2.Box(x0=x0, y0=y0, x1=x1, y1=y1))
+    return msg
+
+
+def refine_result(resp: decoder_pb2.RefineResponse) -> SegmentResult:
+    """The SegmentResult of one refinement step."""
+    wrapped = decoder_pb2.SegmentResponse(
+        results=[resp.result], height=resp.height, width=resp.width
+    )
+    return segment_results(wrapped)[0]

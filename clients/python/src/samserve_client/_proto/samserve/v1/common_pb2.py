@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18samserve/v1/common.proto\x12\x0bsamserve.v1\"H\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.samserve.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\",\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\r\n\x05label\x18\x03 \x01(\x05\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"\x1d\n\rPackedBitmask\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x19\n\x07\x43ocoRle\x12\x0e\n\x06\x63ounts\x18\x01 \x01(\x0c\"\x8a\x01\n\x04Mask\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12-\n\x07\x62itmask\x18\x03 \x01(\x0b\x32\x1a.samserve.v1.PackedBitmaskH\x00\x12(\n\x08\x63oco_rle\x18\x04 \x01(\x0b\x32\x14.samserve.v1.CocoRleH\x00\x42\n\n\x08\x65ncoding*d\n\x0cMaskEncoding\x12\x1d\n\x19MASK_ENCODING_UNSPECIFIED\x10\x00\x12\x19\n\x15MASK_ENCODING_BITMASK\x10\x01\x12\x1a\n\x16MASK_ENCODING_COCO_RLE\x10\x02*G\n\x05\x44Type\x12\x16\n\x12\x44_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44_TYPE_FLOAT32\x10\x01\x12\x12\n\x0e\x44_TYPE_FLOAT16\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18samserve/v1/common.proto\x12\x0bsamserve.v1\"H\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.samserve.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\",\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\r\n\x05label\x18\x03 \x01(\x05\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"\x1d\n\rPackedBitmask\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x19\n\x07\x43ocoRle\x12\x0e\n\x06\x63ounts\x18\x01 \x01(\x0c\"\xb5\x01\n\x04Mask\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12-\n\x07\x62itmask\x18\x03 \x01(\x0b\x32\x1a.samserve.v1.PackedBitmaskH\x00\x12(\n\x08\x63oco_rle\x18\x04 \x01(\x0b\x32\x14.samserve.v1.CocoRleH\x00\x12)\n\x08polygons\x18\x05 \x01(\x0b\x32\x15.samserve.v1.PolygonsH\x00\x42\n\n\x08\x65ncoding\"#\n\x07Polygon\x12\n\n\x02xy\x18\x01 \x03(\x05\x12\x0c\n\x04hole\x18\x02 \x01(\x08\"2\n\x08Polygons\x12&\n\x08polygons\x18\x01 \x03(\x0b\x32\x14.samserve.v1.Polygon*\x7f\n\x0cMaskEncoding\x12\x1d\n\x19MASK_ENCODING_UNSPECIFIED\x10\x00\x12\x19\n\x15MASK_ENCODING_BITMASK\x10\x01\x12\x1a\n\x16MASK_ENCODING_COCO_RLE\x10\x02\x12\x19\n\x15MASK_ENCODING_POLYGON\x10\x03*G\n\x05\x44Type\x12\x16\n\x12\x44_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44_TYPE_FLOAT32\x10\x01\x12\x12\n\x0e\x44_TYPE_FLOAT16\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'samserve.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MASKENCODING']._serialized_start=415
-  _globals['_MASKENCODING']._serialized_end=515
-  _globals['_DTYPE']._serialized_start=517
-  _globals['_DTYPE']._serialized_end=588
+  _globals['_MASKENCODING']._serialized_start=547
+  _globals['_MASKENCODING']._serialized_end=674
+  _globals['_DTYPE']._serialized_start=676
+  _globals['_DTYPE']._serialized_end=747
   _globals['_TENSOR']._serialized_start=41
   _globals['_TENSOR']._serialized_end=113
   _globals['_POINT']._serialized_start=115
@@ -47,5 +47,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COCORLE']._serialized_start=247
   _globals['_COCORLE']._serialized_end=272
   _globals['_MASK']._serialized_start=275
-  _globals['_MASK']._serialized_end=413
+  _globals['_MASK']._serialized_end=456
+  _globals['_POLYGON']._serialized_start=458
+  _globals['_POLYGON']._serialized_end=493
+  _globals['_POLYGONS']._serialized_start=495
+  _globals['_POLYGONS']._serialized_end=545
 # @@protoc_insertion_point(module_scope)

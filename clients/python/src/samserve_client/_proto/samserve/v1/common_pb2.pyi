@@ -13,6 +13,7 @@ class MaskEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MASK_ENCODING_UNSPECIFIED: _ClassVar[MaskEncoding]
     MASK_ENCODING_BITMASK: _ClassVar[MaskEncoding]
     MASK_ENCODING_COCO_RLE: _ClassVar[MaskEncoding]
+    MASK_ENCODING_POLYGON: _ClassVar[MaskEncoding]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -22,6 +23,7 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 MASK_ENCODING_UNSPECIFIED: MaskEncoding
 MASK_ENCODING_BITMASK: MaskEncoding
 MASK_ENCODING_COCO_RLE: MaskEncoding
+MASK_ENCODING_POLYGON: MaskEncoding
 D_TYPE_UNSPECIFIED: DType
 D_TYPE_FLOAT32: DType
 D_TYPE_FLOAT16: DType
@@ -71,13 +73,29 @@ class CocoRle(_message.Message):
     def __init__(self, counts: _Optional[bytes] = ...) -> None: ...
 
 class Mask(_message.Message):
-    __slots__ = ("height", "width", "bitmask", "coco_rle")
+    __slots__ = ("height", "width", "bitmask", "coco_rle", "polygons")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     BITMASK_FIELD_NUMBER: _ClassVar[int]
     COCO_RLE_FIELD_NUMBER: _ClassVar[int]
+    POLYGONS_FIELD_NUMBER: _ClassVar[int]
     height: int
     width: int
     bitmask: PackedBitmask
     coco_rle: CocoRle
-    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., bitmask: _Optional[_Union[PackedBitmask, _Mapping]] = ..., coco_rle: _Optional[_Union[CocoRle, _Mapping]] = ...) -> None: ...
+    polygons: Polygons
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., bitmask: _Optional[_Union[PackedBitmask, _Mapping]] = ..., coco_rle: _Optional[_Union[CocoRle, _Mapping]] = ..., polygons: _Optional[_Union[Polygons, _Mapping]] = ...) -> None: ...
+
+class Polygon(_message.Message):
+    __slots__ = ("xy", "hole")
+    XY_FIELD_NUMBER: _ClassVar[int]
+    HOLE_FIELD_NUMBER: _ClassVar[int]
+    xy: _containers.RepeatedScalarFieldContainer[int]
+    hole: bool
+    def __init__(self, xy: _Optional[_Iterable[int]] = ..., hole: _Optional[bool] = ...) -> None: ...
+
+class Polygons(_message.Message):
+    __slots__ = ("polygons",)
+    POLYGONS_FIELD_NUMBER: _ClassVar[int]
+    polygons: _containers.RepeatedCompositeFieldContainer[Polygon]
+    def __init__(self, polygons: _Optional[_Iterable[_Union[Polygon, _Mapping]]] = ...) -> None: ...

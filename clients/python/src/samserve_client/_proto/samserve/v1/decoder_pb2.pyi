@@ -55,3 +55,99 @@ class SegmentResponse(_message.Message):
     height: int
     width: int
     def __init__(self, results: _Optional[_Iterable[_Union[PromptResult, _Mapping]]] = ..., model_id: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
+
+class SegmentEverythingRequest(_message.Message):
+    __slots__ = ("image_id", "model", "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor", "min_mask_region_area", "output_mode")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    POINTS_PER_SIDE_FIELD_NUMBER: _ClassVar[int]
+    POINTS_PER_BATCH_FIELD_NUMBER: _ClassVar[int]
+    PRED_IOU_THRESH_FIELD_NUMBER: _ClassVar[int]
+    STABILITY_SCORE_THRESH_FIELD_NUMBER: _ClassVar[int]
+    STABILITY_SCORE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    BOX_NMS_THRESH_FIELD_NUMBER: _ClassVar[int]
+    CROP_N_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CROP_NMS_THRESH_FIELD_NUMBER: _ClassVar[int]
+    CROP_OVERLAP_RATIO_FIELD_NUMBER: _ClassVar[int]
+    CROP_N_POINTS_DOWNSCALE_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    MIN_MASK_REGION_AREA_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_MODE_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    model: str
+    points_per_side: int
+    points_per_batch: int
+    pred_iou_thresh: float
+    stability_score_thresh: float
+    stability_score_offset: float
+    box_nms_thresh: float
+    crop_n_layers: int
+    crop_nms_thresh: float
+    crop_overlap_ratio: float
+    crop_n_points_downscale_factor: int
+    min_mask_region_area: int
+    output_mode: str
+    def __init__(self, image_id: _Optional[str] = ..., model: _Optional[str] = ..., points_per_side: _Optional[int] = ..., points_per_batch: _Optional[int] = ..., pred_iou_thresh: _Optional[float] = ..., stability_score_thresh: _Optional[float] = ..., stability_score_offset: _Optional[float] = ..., box_nms_thresh: _Optional[float] = ..., crop_n_layers: _Optional[int] = ..., crop_nms_thresh: _Optional[float] = ..., crop_overlap_ratio: _Optional[float] = ..., crop_n_points_downscale_factor: _Optional[int] = ..., min_mask_region_area: _Optional[int] = ..., output_mode: _Optional[str] = ...) -> None: ...
+
+class MaskRecord(_message.Message):
+    __slots__ = ("segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box")
+    SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    AREA_FIELD_NUMBER: _ClassVar[int]
+    BBOX_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_IOU_FIELD_NUMBER: _ClassVar[int]
+    POINT_COORDS_FIELD_NUMBER: _ClassVar[int]
+    STABILITY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    CROP_BOX_FIELD_NUMBER: _ClassVar[int]
+    segmentation: _common_pb2.Mask
+    area: int
+    bbox: _containers.RepeatedScalarFieldContainer[int]
+    predicted_iou: float
+    point_coords: _containers.RepeatedScalarFieldContainer[float]
+    stability_score: float
+    crop_box: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, segmentation: _Optional[_Union[_common_pb2.Mask, _Mapping]] = ..., area: _Optional[int] = ..., bbox: _Optional[_Iterable[int]] = ..., predicted_iou: _Optional[float] = ..., point_coords: _Optional[_Iterable[float]] = ..., stability_score: _Optional[float] = ..., crop_box: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SegmentEverythingResponse(_message.Message):
+    __slots__ = ("records", "model_id", "height", "width")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[MaskRecord]
+    model_id: str
+    height: int
+    width: int
+    def __init__(self, records: _Optional[_Iterable[_Union[MaskRecord, _Mapping]]] = ..., model_id: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
+
+class RefineRequest(_message.Message):
+    __slots__ = ("image_id", "model", "point", "box", "multimask_output", "mask_encoding", "return_low_res_logits", "reset")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    MULTIMASK_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MASK_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    RETURN_LOW_RES_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    model: str
+    point: _common_pb2.Point
+    box: _common_pb2.Box
+    multimask_output: bool
+    mask_encoding: _common_pb2.MaskEncoding
+    return_low_res_logits: bool
+    reset: bool
+    def __init__(self, image_id: _Optional[str] = ..., model: _Optional[str] = ..., point: _Optional[_Union[_common_pb2.Point, _Mapping]] = ..., box: _Optional[_Union[_common_pb2.Box, _Mapping]] = ..., multimask_output: _Optional[bool] = ..., mask_encoding: _Optional[_Union[_common_pb2.MaskEncoding, str]] = ..., return_low_res_logits: _Optional[bool] = ..., reset: _Optional[bool] = ...) -> None: ...
+
+class RefineResponse(_message.Message):
+    __slots__ = ("result", "step", "model_id", "height", "width")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    result: PromptResult
+    step: int
+    model_id: str
+    height: int
+    width: int
+    def __init__(self, result: _Optional[_Union[PromptResult, _Mapping]] = ..., step: _Optional[int] = ..., model_id: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...

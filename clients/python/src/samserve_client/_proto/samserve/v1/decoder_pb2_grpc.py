@@ -41,6 +41,16 @@ class DecoderServiceStub:
                 request_serializer=samserve_dot_v1_dot_decoder__pb2.SegmentRequest.SerializeToString,
                 response_deserializer=samserve_dot_v1_dot_decoder__pb2.SegmentResponse.FromString,
                 _registered_method=True)
+        self.SegmentEverything = channel.unary_stream(
+                '/samserve.v1.DecoderService/SegmentEverything',
+                request_serializer=samserve_dot_v1_dot_decoder__pb2.SegmentEverythingRequest.SerializeToString,
+                response_deserializer=samserve_dot_v1_dot_decoder__pb2.SegmentEverythingResponse.FromString,
+                _registered_method=True)
+        self.Refine = channel.stream_stream(
+                '/samserve.v1.DecoderService/Refine',
+                request_serializer=samserve_dot_v1_dot_decoder__pb2.RefineRequest.SerializeToString,
+                response_deserializer=samserve_dot_v1_dot_decoder__pb2.RefineResponse.FromString,
+                _registered_method=True)
 
 
 class DecoderServiceServicer:
@@ -54,6 +64,24 @@ class DecoderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SegmentEverything(self, request, context):
+        """Segments everything in one stored image, as SamAutomaticMaskGenerator.generate does.
+        Streams the masks in small groups; NOT_FOUND when the image (or, with crop_n_layers >= 1,
+        one of its crop embeddings: see EmbeddingService.EmbedCrops) is not stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Refine(self, request_iterator, context):
+        """Interactive refinement: each request adds one click (or sets the box) on one stored image;
+        each response is the refined mask, computed with every click so far and the previous best
+        low-resolution logits as mask_input (as the official demo chains SamPredictor.predict).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecoderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +89,16 @@ def add_DecoderServiceServicer_to_server(servicer, server):
                     servicer.Segment,
                     request_deserializer=samserve_dot_v1_dot_decoder__pb2.SegmentRequest.FromString,
                     response_serializer=samserve_dot_v1_dot_decoder__pb2.SegmentResponse.SerializeToString,
+            ),
+            'SegmentEverything': grpc.unary_stream_rpc_method_handler(
+                    servicer.SegmentEverything,
+                    request_deserializer=samserve_dot_v1_dot_decoder__pb2.SegmentEverythingRequest.FromString,
+                    response_serializer=samserve_dot_v1_dot_decoder__pb2.SegmentEverythingResponse.SerializeToString,
+            ),
+            'Refine': grpc.stream_stream_rpc_method_handler(
+                    servicer.Refine,
+                    request_deserializer=samserve_dot_v1_dot_decoder__pb2.RefineRequest.FromString,
+                    response_serializer=samserve_dot_v1_dot_decoder__pb2.RefineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +129,60 @@ class DecoderService:
             '/samserve.v1.DecoderService/Segment',
             samserve_dot_v1_dot_decoder__pb2.SegmentRequest.SerializeToString,
             samserve_dot_v1_dot_decoder__pb2.SegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SegmentEverything(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/samserve.v1.DecoderService/SegmentEverything',
+            samserve_dot_v1_dot_decoder__pb2.SegmentEverythingRequest.SerializeToString,
+            samserve_dot_v1_dot_decoder__pb2.SegmentEverythingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Refine(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/samserve.v1.DecoderService/Refine',
+            samserve_dot_v1_dot_decoder__pb2.RefineRequest.SerializeToString,
+            samserve_dot_v1_dot_decoder__pb2.RefineResponse.FromString,
             options,
             channel_credentials,
             insecure,

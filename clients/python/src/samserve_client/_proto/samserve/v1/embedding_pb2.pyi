@@ -61,3 +61,31 @@ class GetModelInfoResponse(_message.Message):
     weights_sha256: str
     source: str
     def __init__(self, variant: _Optional[str] = ..., model_id: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class EmbedCropsRequest(_message.Message):
+    __slots__ = ("image", "model", "crop_n_layers", "crop_overlap_ratio")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CROP_N_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CROP_OVERLAP_RATIO_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    model: str
+    crop_n_layers: int
+    crop_overlap_ratio: float
+    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., crop_n_layers: _Optional[int] = ..., crop_overlap_ratio: _Optional[float] = ...) -> None: ...
+
+class EmbedCropsResponse(_message.Message):
+    __slots__ = ("image_id", "model_id", "crops", "encoded", "height", "width")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    CROPS_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    model_id: str
+    crops: int
+    encoded: int
+    height: int
+    width: int
+    def __init__(self, image_id: _Optional[str] = ..., model_id: _Optional[str] = ..., crops: _Optional[int] = ..., encoded: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...

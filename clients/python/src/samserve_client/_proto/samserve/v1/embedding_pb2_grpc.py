@@ -51,6 +51,11 @@ class EmbeddingServiceStub:
                 request_serializer=samserve_dot_v1_dot_embedding__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=samserve_dot_v1_dot_embedding__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.EmbedCrops = channel.unary_unary(
+                '/samserve.v1.EmbeddingService/EmbedCrops',
+                request_serializer=samserve_dot_v1_dot_embedding__pb2.EmbedCropsRequest.SerializeToString,
+                response_deserializer=samserve_dot_v1_dot_embedding__pb2.EmbedCropsResponse.FromString,
+                _registered_method=True)
 
 
 class EmbeddingServiceServicer:
@@ -78,6 +83,14 @@ class EmbeddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedCrops(self, request, context):
+        """Embeds an image and every crop SegmentEverything needs for crop_n_layers and
+        crop_overlap_ratio; crops already stored are not encoded again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbeddingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +108,11 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=samserve_dot_v1_dot_embedding__pb2.GetModelInfoRequest.FromString,
                     response_serializer=samserve_dot_v1_dot_embedding__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'EmbedCrops': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedCrops,
+                    request_deserializer=samserve_dot_v1_dot_embedding__pb2.EmbedCropsRequest.FromString,
+                    response_serializer=samserve_dot_v1_dot_embedding__pb2.EmbedCropsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +197,33 @@ class EmbeddingService:
             '/samserve.v1.EmbeddingService/GetModelInfo',
             samserve_dot_v1_dot_embedding__pb2.GetModelInfoRequest.SerializeToString,
             samserve_dot_v1_dot_embedding__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedCrops(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/samserve.v1.EmbeddingService/EmbedCrops',
+            samserve_dot_v1_dot_embedding__pb2.EmbedCropsRequest.SerializeToString,
+            samserve_dot_v1_dot_embedding__pb2.EmbedCropsResponse.FromString,
             options,
             channel_credentials,
             insecure,
