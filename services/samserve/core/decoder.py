@@ -129,6 +129,21 @@ def validate_prompt(p: PromptSpec, index: int, max_points: int) -> None:
             raise InvalidInput(f"{where}.mask_input: values must be finite")
 
 
+def encode_prediction(
+    pred: Prediction, encoding: MaskEncoding, return_low_res_logits: bool
+) -> EncodedPrediction:
+    """Encode a prediction's masks for the wire (and keep its logits when asked)."""
+    masks: list[bytes] | list[list[Polygon]]
+    if encoding is MaskEncoding.COCO_RLE:
+        masks = encode_coco_rle(pred.masks)
+    elif encoding is MaskEncoding.POLYGON:
+        masks = [encode_polygons(m) for m in pred.masks]
+    else:
+        masks = [pack_bitmask(m) for m in pred.masks]
+    logits = pred.low_res_logits if return_low_res_logits else None
+    return EncodedPrediction(masks, pred.scores, logits)
+
+
 def load_embedding(sam: Sam, dense_pe: torch.Tensor, emb: Embedding) -> Loaded:
     """Turn a stored embedding into float32 tensors plus its decoder prefix."""
     features = torch.from_numpy(emb.features.astype(np.float32))[None]
@@ -302,15 +317,7 @@ class Decoder:
         out = []
         for p in prompts:
             pred = predict(self.sam, self._dense_pe, loaded, p, multimask_output)
-            masks: list[bytes] | list[list[Polygon]]
-            if encoding is MaskEncoding.COCO_RLE:
-                masks = encode_coco_rle(pred.masks)
-            elif encoding is MaskEncoding.POLYGON:
-                masks = [encode_polygons(m) for m in pred.masks]
-            else:
-                masks = [pack_bitmask(m) for m in pred.masks]
-            logits = pred.low_res_logits if return_low_res_logits else None
-            out.append(EncodedPrediction(masks, pred.scores, logits))
+            out.append(encode_prediction(pred, encoding, return_low_res_logits))
         return out
 
     async def segment_everything(
@@ -438,12 +445,4 @@ class RefineSession:
         self._points, self._labels, self._box = points, labels, prompt.box
         self._logits = pred.low_res_logits[int(np.argmax(pred.scores))]
         self.steps += 1
-        masks: list[bytes] | list[list[Polygon]]
-        if encoding is MaskEncoding.COCO_RLE:
-            masks = encode_coco_rle(pred.masks)
-        elif encoding is MaskEncoding.POLYGON:
-            masks = [encode_polygons(m) for m in pred.masks]
-        else:
-            masks = [pack_bitmask(m) for m in pred.masks]
-        logits = pred.low_res_logits if return_low_res_logits else None
-        return loaded.original_size, EncodedPrediction(masks, pred.scores, logits)
+        return loaded.original_size, encode_prediction(pred, encoding, return_low_res_logits)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,10 +11,10 @@ import numpy as np
 
 from samserve.core.amg import AmgParams, AmgRecord
 from samserve.core.decoder import Decoder, EncodedPrediction, MaskEncoding, PromptSpec
-from samserve.core.errors import InvalidInput, SamServeError
+from samserve.core.errors import InvalidInput
 from samserve.core.masks import coco_rle_counts, pack_bitmask_rle
 from samserve.core.metrics import Metrics
-from samserve.grpc.status import rpc, status_of
+from samserve.grpc.status import Tracked, rpc
 from samserve_client.pb import common_pb2, decoder_pb2, decoder_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -161,12 +160,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         The masks are computed first (the official algorithm needs all of them for its NMS), then
         streamed in groups of about STREAM_CHUNK_BYTES; an empty answer is one empty group.
         """
-        method = "SegmentEverything"
-        self.metrics.inflight.labels(SERVICE, method).inc()
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        message = ""
-        try:
+        with Tracked(self.metrics, SERVICE, "SegmentEverything") as call:
             params = amg_params_from_proto(request)
             (h, w), records = await self.decoder.segment_everything(
                 request.image_id, params, model=request.model
@@ -182,21 +176,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                     group, size = [], 0
             if group or not records:
                 yield self._everything_response(group, h, w)
-        except SamServeError as e:
-            code, message = status_of(e)
-            log.info("%s/%s -> %s: %s", SERVICE, method, code.name, message)
-        except Exception as e:
-            code, message = status_of(e)
-            log.exception("%s/%s failed", SERVICE, method)
-        except BaseException:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            self.metrics.inflight.labels(SERVICE, method).dec()
-            self.metrics.latency.labels(SERVICE, method).observe(time.perf_counter() - start)
-            self.metrics.requests.labels(SERVICE, method, code.name).inc()
-        if code is not grpc.StatusCode.OK:
-            await context.abort(code, message)
+        await call.abort_if_failed(context)
 
     def _everything_response(
         self, records: list[decoder_pb2.MaskRecord], h: int, w: int
@@ -212,13 +192,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
     ) -> AsyncIterator[decoder_pb2.RefineResponse]:
         """Refine: one response per request; the first error ends the stream with its status
         (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE)."""
-        method = "Refine"
         session = self.decoder.refine_session()
-        self.metrics.inflight.labels(SERVICE, method).inc()
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        message = ""
-        try:
+        with Tracked(self.metrics, SERVICE, "Refine") as call:
             async for req in request_iterator:
                 encoding = _ENCODINGS.get(req.mask_encoding)
                 if encoding is None:
@@ -247,18 +222,4 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                     height=h,
                     width=w,
                 )
-        except SamServeError as e:
-            code, message = status_of(e)
-            log.info("%s/%s -> %s: %s", SERVICE, method, code.name, message)
-        except Exception as e:
-            code, message = status_of(e)
-            log.exception("%s/%s failed", SERVICE, method)
-        except BaseException:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            self.metrics.inflight.labels(SERVICE, method).dec()
-            self.metrics.latency.labels(SERVICE, method).observe(time.perf_counter() - start)
-            self.metrics.requests.labels(SERVICE, method, code.name).inc()
-        if code is not grpc.StatusCode.OK:
-            await context.abort(code, message)
+        await call.abort_if_failed(context)

@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 import grpc
 
 from samserve.core.embedding import Embedder, EmbedResult
-from samserve.core.errors import SamServeError
 from samserve.core.metrics import Metrics
 from samserve.core.models import LoadedModel
-from samserve.grpc.status import rpc, status_of
+from samserve.grpc.status import Tracked, rpc
 from samserve_client.pb import embedding_pb2, embedding_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -53,21 +52,15 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     ) -> AsyncIterator[embedding_pb2.EmbedStreamResponse]:
         """EmbedStream: one item per image, each with its own status (the stream goes on)."""
         async for item in request_iterator:
-            self.metrics.inflight.labels(SERVICE, "EmbedStream").inc()
-            code = grpc.StatusCode.OK
-            try:
+            with Tracked(self.metrics, SERVICE, "EmbedStream") as call:
                 result = await self.embedder.embed(item.request.image, item.request.model)
                 reply = embedding_pb2.EmbedStreamResponse(
                     response=_response(result, self.embedder.model_id)
                 )
-            except Exception as e:
-                if not isinstance(e, SamServeError):
-                    log.exception("EmbedStream item failed")
-                code, message = status_of(e)
-                reply = embedding_pb2.EmbedStreamResponse(code=code.value[0], message=message)
-            finally:
-                self.metrics.inflight.labels(SERVICE, "EmbedStream").dec()
-                self.metrics.requests.labels(SERVICE, "EmbedStream", code.name).inc()
+            if call.failed:  # this item's status travels in the item; the stream goes on
+                reply = embedding_pb2.EmbedStreamResponse(
+                    code=call.code.value[0], message=call.message
+                )
             yield reply
 
     @rpc(SERVICE, "EmbedCrops")
