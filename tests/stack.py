@@ -30,9 +30,10 @@ class StackThread:
         *,
         ttl_seconds: int = 0,
         limits: Limits | None = None,
+        store_dtype: str = "float16",
     ) -> None:
         self.model = model
-        self.store = StoreSettings(redis_url=redis_url, ttl_seconds=ttl_seconds)
+        self.store = StoreSettings(redis_url=redis_url, ttl_seconds=ttl_seconds, dtype=store_dtype)
         self.limits = limits or Limits()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -60,7 +60,11 @@ def case(request, redis_server) -> Iterator[Case]:
     else:
         model = load_model("vit_b", "random", seed=0)
     sample = make_shapes_image(seed=7, height=240, width=320)
-    stack = StackThread(model, redis_server.url).start()
+    # The shape-trained tiny has small masks whose edge logits sit within ~1e-4 of 0: there
+    # float16 storage alone flips a few pixels (measured min IoU 0.9923 on a ~270 px mask), so
+    # its suite stores float32 and checks the algorithm; the random models check float16.
+    dtype = "float32" if name == "tiny_trained" else "float16"
+    stack = StackThread(model, redis_server.url, store_dtype=dtype).start()
     # vit_b's encoder takes tens of seconds on 2 busy cores: allow it.
     client = stack.client(timeout=600)
     ref = client.embed(png_bytes(sample.image))
