@@ -72,8 +72,14 @@ def start_triton(checkpoint: str | Path, grpc_port: int = 0) -> TritonProcess:
 class TritonStack(StackThread):
     """The services of ``tests/stack.py`` with the embedding service encoding on Triton."""
 
-    def __init__(self, model: LoadedModel, redis_url: str, triton: TritonProcess) -> None:
-        super().__init__(model, redis_url)
+    def __init__(
+        self,
+        model: LoadedModel,
+        redis_url: str,
+        triton: TritonProcess,
+        store_dtype: str = "float16",
+    ) -> None:
+        super().__init__(model, redis_url, store_dtype=store_dtype)
         self.encoder = TritonEncoder(triton.grpc_address, triton.model_name, timeout=60)
 
     def start(self) -> TritonStack:
@@ -122,7 +128,10 @@ def served(request: pytest.FixtureRequest) -> Served:
 
 @pytest.fixture
 def triton_stack(served: Served, redis_url: str) -> Iterator[TritonStack]:
-    stack = TritonStack(served.model, redis_url, served.triton).start()
+    # As in tests/parity: the shape-trained tiny's near-zero edge logits make float16 storage
+    # alone flip a few pixels of small masks, so its stack stores float32.
+    dtype = "float16" if served.model.source.startswith("random") else "float32"
+    stack = TritonStack(served.model, redis_url, served.triton, dtype).start()
     yield stack
     stack.close()
 
