@@ -44,8 +44,8 @@ def main() -> None:
     from segment_anything import SamAutomaticMaskGenerator
 
     from samserve.core.models import load_model
-    from samserve.shapes import make_shapes_image
     from samserve_client import SamClient
+    from tools.shapes import make_shapes_image
 
     params = {
         "points_per_side": args.points_per_side,

@@ -108,14 +108,14 @@ def main() -> None:
     import torch
     from segment_anything import SamPredictor
 
-    from samserve.app import start_embedding
+    from samserve.compose import start_embedding
     from samserve.config import Limits, ServerSettings, StoreSettings
     from samserve.core.models import load_model
     from samserve.core.triton_encoder import TritonEncoder
-    from samserve.grpc.server import drain
-    from samserve.shapes import make_shapes_image
-    from samserve.stack import RedisProcess
-    from samserve.triton_server import TritonProcess
+    from samserve.procs.redis import RedisProcess
+    from samserve.procs.triton import TritonModelOptions, TritonProcess
+    from samserve.rpc.server import drain
+    from tools.shapes import make_shapes_image
 
     model = load_model(args.model, args.checkpoint)
     n_sets = 1 + len(args.concurrency)  # the reference, then one fresh set per concurrency
@@ -147,7 +147,7 @@ def main() -> None:
         torch.cuda.empty_cache()
 
     triton = TritonProcess.start(
-        None, args.model, args.checkpoint, device=args.device, dtype=args.dtype
+        TritonModelOptions(args.model, args.checkpoint, device=args.device, dtype=args.dtype)
     )
     redis = RedisProcess.start()
     services = ServiceThread()
@@ -159,7 +159,7 @@ def main() -> None:
                 model,
                 StoreSettings(redis_url=redis.url, ttl_seconds=0),
                 Limits(),
-                ServerSettings(port=0, metrics_port=0, grace_seconds=5),
+                ServerSettings(port=0, metrics_port=0, grace=5),
                 encoder=encoder,
             )
         )

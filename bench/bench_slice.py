@@ -39,8 +39,8 @@ def main() -> None:
     from segment_anything import SamPredictor
 
     from samserve.core.models import load_model
-    from samserve.shapes import make_shapes_image
     from samserve_client import SamClient
+    from tools.shapes import make_shapes_image
 
     sample = make_shapes_image(seed=5, height=args.height, width=args.width)
     buf = io.BytesIO()

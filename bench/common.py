@@ -10,8 +10,12 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
+
+# The benchmarks run as scripts (`python bench/x.py`); tools.shapes lives at the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def percentile_ms(samples: Sequence[float], q: float) -> float:

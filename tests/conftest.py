@@ -11,9 +11,9 @@ import redis
 from PIL import Image
 
 from samserve.core.models import LoadedModel, load_model
-from samserve.shapes import make_shapes_image
-from samserve.stack import RedisProcess
+from samserve.procs.redis import RedisProcess
 from tests.stack import StackThread
+from tools.shapes import make_shapes_image
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from samserve.app import start_decoder, start_embedding
+from samserve.compose import start_decoder, start_embedding
 from samserve.config import Limits, ServerSettings, StoreSettings
 from samserve.core.models import LoadedModel
-from samserve.grpc.server import RunningService, drain
+from samserve.rpc.server import RunningService, drain
 from samserve_client import AsyncSamClient, SamClient
 
 T = TypeVar("T")
@@ -50,11 +50,11 @@ class StackThread:
         return self
 
     def start_embedding(self) -> None:
-        server = ServerSettings(port=0, metrics_port=0, grace_seconds=5)
+        server = ServerSettings(port=0, metrics_port=0, grace=5)
         self.embedding = self.call(start_embedding(self.model, self.store, self.limits, server))
 
     def start_decoder(self) -> None:
-        server = ServerSettings(port=0, metrics_port=0, grace_seconds=5)
+        server = ServerSettings(port=0, metrics_port=0, grace=5)
         self.decoder = self.call(start_decoder(self.model, self.store, self.limits, server))
 
     def stop_decoder(self, grace: float = 5.0) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # tools.shapes, and bench/common.py
 
 from common import samserve_up  # noqa: E402
 
@@ -48,8 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
-    from samserve.shapes import make_shapes_image
     from samserve_client import SamClient
+    from tools.shapes import make_shapes_image
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

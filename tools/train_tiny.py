@@ -9,7 +9,7 @@ The recipe (measured on a 2-core CPU machine; numbers in ``services/samserve/wei
   positional encoding, so a click attends to the image around it. From the plain random init
   (at lr 1e-3 or 3e-4) the decoder learned prompt-INDEPENDENT masks (all shapes, or a fixed
   partition of them that the best-of-3 loss rewards) and stayed on that plateau;
-* a pool of generated images (``samserve.shapes``, 2-7 shapes, varied size, aspect and zoom)
+* a pool of generated images (``tools.shapes``, 2-7 shapes, varied size, aspect and zoom)
   embedded with the official preprocessing (``SamPredictor.set_image``); one is replaced by a
   fresh image every ``--refresh-every`` steps;
 * prompts per image and step: single positive points inside a shape (or, rarely, on the
@@ -62,7 +62,9 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from samserve.core.models import load_model, random_sam
-from samserve.shapes import ShapesImage, make_shapes_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: tools.shapes
+from tools.shapes import ShapesImage, make_shapes_image
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "services" / "samserve" / "weights" / "tiny_shapes.pth"

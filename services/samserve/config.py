@@ -1,173 +1,71 @@
-"""Settings, parsed once at the edge (CLI flags with ``SAMSERVE_*`` environment fallbacks).
+"""Settings: every flag of every command, its environment twin and its default, in one place.
 
-| flag | environment | default |
-|---|---|---|
-| ``--model`` | ``SAMSERVE_MODEL`` | ``tiny`` |
-| ``--checkpoint`` | ``SAMSERVE_CHECKPOINT`` | shipped weights for tiny, else random |
-| ``--seed`` | ``SAMSERVE_SEED`` | ``0`` |
-| ``--redis-url`` | ``SAMSERVE_REDIS_URL`` | ``redis://127.0.0.1:6379/0`` |
-| ``--cache-ttl`` | ``SAMSERVE_CACHE_TTL`` | ``86400`` seconds (0 = no expiry) |
-| ``--store-dtype`` | ``SAMSERVE_STORE_DTYPE`` | ``float16`` |
-| ``--max-image-bytes`` | ``SAMSERVE_MAX_IMAGE_BYTES`` | 32 MiB |
-| ``--max-pixels`` | ``SAMSERVE_MAX_PIXELS`` | 50,000,000 |
-| ``--lru-entries`` | ``SAMSERVE_LRU_ENTRIES`` | ``32`` (about 14 MiB each) |
-| ``--grace`` | ``SAMSERVE_GRACE`` | ``10`` seconds |
-| ``--encoder`` | ``SAMSERVE_ENCODER`` | ``local`` (in-process) or ``triton`` |
-| ``--triton-url`` | ``SAMSERVE_TRITON_URL`` | Triton gRPC ``host:port`` (``up``: own server) |
-| ``--triton-model`` | ``SAMSERVE_TRITON_MODEL`` | ``sam_image_encoder_<variant>`` |
-| ``--triton-timeout`` | ``SAMSERVE_TRITON_TIMEOUT`` | ``60`` seconds per encode (queue included) |
+Each settings class is a frozen dataclass whose fields are declared with :func:`setting`. The
+field's name is the argparse destination, ``--field-name`` the flag (unless given) and
+``SAMSERVE_FIELD_NAME`` the environment variable. :meth:`Settings.add_cli_args` adds a class's
+flags to a parser (a flag wins over its variable, the variable over the default), and
+:meth:`Settings.from_args` builds the validated object. Invalid values raise
+:class:`~samserve.core.errors.ConfigError` with a one-line message naming the flag.
+
+The reference table of every command's flags is generated from the parser
+(``python -m samserve.cli.docs > docs/configuration.md``; a test keeps the file current).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
 
-from samserve.core.models import VARIANTS
+from samserve.core.errors import ConfigError
+from samserve.core.variants import VARIANTS
 
+ENV_PREFIX = "SAMSERVE_"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: ``samserve status``: the namespace and label of deploy/base (kustomization.yaml).
+DEFAULT_NAMESPACE = "samserve"
+DEFAULT_SELECTOR = "app.kubernetes.io/part-of=samserve"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
-
-class ConfigError(ValueError):
-    """A setting is invalid; the message names the flag."""
-
-
-def _env(env: Mapping[str, str], name: str, default: str) -> str:
-    return env.get(f"SAMSERVE_{name}", default)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSettings:
-    """Which model to run and where its weights come from."""
-
-    variant: str = "tiny"
-    checkpoint: str | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"--model must be one of {', '.join(VARIANTS)}")
-
-    @staticmethod
-    def add_cli_args(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-        g = parser.add_argument_group("model")
-        g.add_argument("--model", default=_env(env, "MODEL", "tiny"), choices=VARIANTS)
-        g.add_argument(
-            "--checkpoint",
-            default=env.get("SAMSERVE_CHECKPOINT"),
-            help="official .pth state dict; 'random' for seeded random weights "
-            "(default: the shipped shape-trained weights for tiny, random for the others)",
-        )
-        g.add_argument("--seed", type=int, default=int(_env(env, "SEED", "0")))
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> ModelSettings:
-        return cls(variant=ns.model, checkpoint=ns.checkpoint, seed=ns.seed)
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
 @dataclass(frozen=True, slots=True)
-class StoreSettings:
-    """Where embeddings are stored and for how long."""
+class Option:
+    """How one settings field appears on the command line and in the environment."""
 
-    redis_url: str = DEFAULT_REDIS_URL
-    ttl_seconds: int = 86400
-    dtype: str = "float16"
-    timeout: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("--redis-url must start with redis://, rediss:// or unix://")
-        if self.ttl_seconds < 0:
-            raise ConfigError("--cache-ttl must be >= 0")
-        if self.dtype not in ("float16", "float32"):
-            raise ConfigError("--store-dtype must be float16 or float32")
-
-    @staticmethod
-    def add_cli_args(
-        parser: argparse.ArgumentParser, env: Mapping[str, str], *, url_default: bool = True
-    ) -> None:
-        g = parser.add_argument_group("embedding store")
-        g.add_argument(
-            "--redis-url",
-            default=env.get("SAMSERVE_REDIS_URL", DEFAULT_REDIS_URL if url_default else None),
-        )
-        g.add_argument("--cache-ttl", type=int, default=int(_env(env, "CACHE_TTL", "86400")))
-        g.add_argument(
-            "--store-dtype",
-            default=_env(env, "STORE_DTYPE", "float16"),
-            choices=("float16", "float32"),
-        )
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace, redis_url: str | None = None) -> StoreSettings:
-        return cls(
-            redis_url=redis_url or ns.redis_url,
-            ttl_seconds=ns.cache_ttl,
-            dtype=ns.store_dtype,
-        )
+    help: str
+    flag: str | None = None
+    env: bool | str = True
+    choices: Sequence[str] | None = None
+    metavar: str | None = None
+    short: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Request limits: anything over them is RESOURCE_EXHAUSTED."""
+def setting(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    env: bool | str = True,
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    short: str | None = None,
+) -> Any:
+    """A settings field: its default and how it is set (see the module docstring).
 
-    max_image_bytes: int = 32 * 1024 * 1024
-    max_pixels: int = 50_000_000
-    max_prompts: int = 64
-    max_points: int = 64
-    lru_entries: int = 32
-
-    def __post_init__(self) -> None:
-        for name in ("max_image_bytes", "max_pixels", "max_prompts", "max_points"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0")
-
-    @property
-    def max_message_bytes(self) -> int:
-        """gRPC receive limit: one image plus room for the envelope."""
-        return self.max_image_bytes + 1024 * 1024
-
-    @staticmethod
-    def add_cli_args(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-        g = parser.add_argument_group("limits")
-        g.add_argument(
-            "--max-image-bytes",
-            type=int,
-            default=int(_env(env, "MAX_IMAGE_BYTES", str(32 * 1024 * 1024))),
-        )
-        g.add_argument("--max-pixels", type=int, default=int(_env(env, "MAX_PIXELS", "50000000")))
-        g.add_argument("--lru-entries", type=int, default=int(_env(env, "LRU_ENTRIES", "32")))
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> Limits:
-        return cls(
-            max_image_bytes=ns.max_image_bytes,
-            max_pixels=ns.max_pixels,
-            lru_entries=ns.lru_entries,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSettings:
-    """Where a service listens and how it drains."""
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    metrics_port: int = 0
-    grace_seconds: float = 10.0
-
-    def __post_init__(self) -> None:
-        for name in ("port", "metrics_port"):
-            if not 0 <= getattr(self, name) <= 65535:
-                raise ConfigError(f"{name} must be in 0..65535")
-        if self.grace_seconds < 0:
-            raise ConfigError("--grace must be >= 0")
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+    ``env`` is True for the variable named after the flag, a string for another name, False for
+    none.
+    """
+    return field(
+        default=default,
+        metadata={"option": Option(help, flag, env, choices, metavar, short)},
+    )
 
 
 def environ() -> Mapping[str, str]:
@@ -175,58 +73,348 @@ def environ() -> Mapping[str, str]:
     return os.environ
 
 
-@dataclass(frozen=True, slots=True)
-class EncoderSettings:
-    """Where the image encoder runs: in this process, or on a Triton Inference Server."""
+def parse_value(text: str, kind: type, where: str) -> Any:
+    """``text`` as a ``kind`` (int, float, bool, str), or ConfigError naming ``where``."""
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {text!r}") from None
 
-    kind: str = "local"
-    triton_url: str | None = None
-    triton_model: str | None = None
-    triton_timeout: float = 60.0
-    triton_repository: str | None = None
-    triton_device: str = "cpu"
+
+class Settings:
+    """Mixin of the settings dataclasses: flags, environment twins, construction."""
+
+    #: Title of the class's argument group in ``--help``.
+    title: ClassVar[str] = "options"
+
+    @classmethod
+    def options(cls) -> list[tuple[dataclasses.Field[Any], Option, type]]:
+        """(field, option, value type) of every field that is a flag."""
+        hints = typing.get_type_hints(cls)
+        out = []
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            option = f.metadata.get("option")
+            if option is not None:
+                out.append((f, option, _scalar(hints[f.name])))
+        return out
+
+    @classmethod
+    def flag(cls, name: str) -> str:
+        """The flag of field ``name`` (for messages)."""
+        for f, option, _ in cls.options():
+            if f.name == name:
+                return option.flag or "--" + name.replace("_", "-")
+        raise KeyError(name)
+
+    @classmethod
+    def env_var(cls, name: str) -> str | None:
+        """The environment variable of field ``name`` (None when it has none)."""
+        for f, option, _ in cls.options():
+            if f.name == name:
+                if isinstance(option.env, str):
+                    return option.env
+                if option.env:
+                    return ENV_PREFIX + cls.flag(name).lstrip("-").replace("-", "_").upper()
+                return None
+        raise KeyError(name)
+
+    @classmethod
+    def add_cli_args(
+        cls,
+        parser: argparse.ArgumentParser,
+        env: Mapping[str, str],
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        skip: Sequence[str] = (),
+    ) -> None:
+        """Add this class's flags to ``parser``.
+
+        Args:
+            parser: the (sub)command's parser.
+            env: the environment; a ``SAMSERVE_*`` variable replaces a field's default.
+            defaults: per-command defaults that replace the class's (e.g. the decoder's port).
+            skip: fields this command does not take.
+
+        Raises:
+            ConfigError: an environment variable holds a value of the wrong type.
+        """
+        group = parser.add_argument_group(cls.title)
+        for f, option, kind in cls.options():
+            if f.name in skip:
+                continue
+            flag = cls.flag(f.name)
+            default = (defaults or {}).get(f.name, f.default)
+            var = cls.env_var(f.name)
+            if var is not None and var in env:
+                default = parse_value(env[var], kind, f"{var} (for {flag})")
+            kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": option.help}
+            if kind is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["type"] = _argparse_type(kind, flag)
+                if option.choices is not None:
+                    kwargs["choices"] = option.choices
+                if option.metavar is not None:
+                    kwargs["metavar"] = option.metavar
+            names = [option.short, flag] if option.short else [flag]
+            action = group.add_argument(*names, **kwargs)
+            action.env_var = var  # type: ignore[attr-defined]  # read by the docs generator
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace, **overrides: Any) -> Self:
+        """The validated settings from parsed flags (fields a command lacks keep defaults)."""
+        given = {f.name: getattr(ns, f.name) for f, _, _ in cls.options() if hasattr(ns, f.name)}
+        return cls(**{**given, **overrides})
+
+
+def _scalar(hint: Any) -> type:
+    """The value type of an annotation: ``int``, ``float``, ``bool`` or ``str``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    kind = args[0] if args else hint
+    if kind not in (int, float, bool, str):
+        raise TypeError(f"unsupported settings type {hint!r}")
+    return typing.cast(type, kind)
+
+
+def _argparse_type(kind: type, flag: str) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _check(condition: bool, cls: type[Settings], name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{cls.flag(name)}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings(Settings):
+    """Logging of every command."""
+
+    title: ClassVar[str] = "logging"
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def __post_init__(self) -> None:
-        if self.kind not in ("local", "triton"):
-            raise ConfigError("--encoder must be local or triton")
-        if self.triton_timeout <= 0:
-            raise ConfigError("--triton-timeout must be > 0")
-        if self.triton_device not in ("cpu", "cuda"):
-            raise ConfigError("--triton-device must be cpu or cuda")
+        _check(
+            self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+            LogSettings,
+            "log_level",
+            "must be DEBUG, INFO, WARNING or ERROR",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings(Settings):
+    """Which model to run and where its weights come from."""
+
+    title: ClassVar[str] = "model"
+    variant: str = setting("tiny", "model variant", flag="--model", choices=VARIANTS)
+    checkpoint: str | None = setting(
+        None,
+        "official .pth state dict; 'random' for seeded random weights (default: the shipped "
+        "shape-trained weights for tiny, random weights for the others)",
+        metavar="PATH",
+    )
+    seed: int = setting(0, "seed of random weights")
+
+    def __post_init__(self) -> None:
+        _check(self.variant in VARIANTS, ModelSettings, "variant", f"one of {', '.join(VARIANTS)}")
+        if self.checkpoint not in (None, "random"):
+            _check(
+                os.path.isfile(str(self.checkpoint)),
+                ModelSettings,
+                "checkpoint",
+                f"no such file: {self.checkpoint}",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings(Settings):
+    """Where embeddings are stored and for how long."""
+
+    title: ClassVar[str] = "embedding store"
+    redis_url: str = setting(
+        DEFAULT_REDIS_URL, "Redis holding the embeddings: redis://, rediss:// or unix://"
+    )
+    ttl_seconds: int = setting(
+        86400, "expiry of each stored embedding, seconds (0 = never)", flag="--cache-ttl"
+    )
+    dtype: str = setting(
+        "float16",
+        "storage dtype of embeddings",
+        flag="--store-dtype",
+        choices=("float16", "float32"),
+    )
+    redis_timeout: float = setting(2.0, "Redis connect and read timeout, seconds")
+
+    def __post_init__(self) -> None:
+        _check(
+            self.redis_url.startswith(REDIS_SCHEMES),
+            StoreSettings,
+            "redis_url",
+            "must start with " + ", ".join(REDIS_SCHEMES),
+        )
+        _check(self.ttl_seconds >= 0, StoreSettings, "ttl_seconds", "must be >= 0")
+        _check(self.dtype in ("float16", "float32"), StoreSettings, "dtype", "float16 or float32")
+        _check(self.redis_timeout > 0, StoreSettings, "redis_timeout", "must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits(Settings):
+    """Request limits: anything over them is RESOURCE_EXHAUSTED."""
+
+    title: ClassVar[str] = "limits"
+    max_image_bytes: int = setting(32 * 1024 * 1024, "largest accepted image file, bytes")
+    max_pixels: int = setting(
+        50_000_000, "largest accepted image, pixels (checked before decoding)"
+    )
+    max_prompts: int = setting(64, "most prompts in one Segment call")
+    max_points: int = setting(64, "most points in one prompt")
+    lru_entries: int = setting(32, "decoded embeddings a decoder keeps in memory (~14 MiB each)")
+
+    def __post_init__(self) -> None:
+        for name in ("max_image_bytes", "max_pixels", "max_prompts", "max_points"):
+            _check(getattr(self, name) > 0, Limits, name, "must be > 0")
+        _check(self.lru_entries >= 0, Limits, "lru_entries", "must be >= 0")
+
+    @property
+    def max_message_bytes(self) -> int:
+        """gRPC receive limit: one image plus room for the envelope."""
+        return self.max_image_bytes + 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings(Settings):
+    """Where a service listens and how it drains."""
+
+    title: ClassVar[str] = "server"
+    host: str = setting("0.0.0.0", "address to listen on")
+    port: int = setting(0, "gRPC port (0 picks a free one)")
+    metrics_port: int = setting(0, "Prometheus /metrics port (0 picks a free one)")
+    grace: float = setting(10.0, "seconds in-flight calls get to finish when stopping")
+    #: Flag prefix of this service's port flags in ``samserve up`` (``embedding-``), for messages.
+    flag_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("port", "metrics_port"):
+            _check(0 <= getattr(self, name) <= 65535, ServerSettings, name, "must be 0..65535")
+        _check(self.grace >= 0, ServerSettings, "grace", "must be >= 0")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def port_flag(self, name: str = "port") -> str:
+        """The flag that set ``port`` or ``metrics_port`` for this service."""
+        return "--" + self.flag_prefix + name.replace("_", "-")
+
+
+#: Each service's default ports (``samserve embedding`` / ``samserve decoder``).
+SERVICE_PORTS: dict[str, dict[str, int]] = {
+    "embedding": {"port": 50051, "metrics_port": 9101},
+    "decoder": {"port": 50052, "metrics_port": 9102},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderSettings(Settings):
+    """Where the image encoder runs: in this process, or on a Triton Inference Server."""
+
+    title: ClassVar[str] = "encoder"
+    kind: str = setting(
+        "local", "run the image encoder in process or on Triton", flag="--encoder",
+        choices=("local", "triton"),
+    )  # fmt: skip
+    triton_url: str | None = setting(
+        None, "Triton gRPC host:port (samserve up: default starts a private tritonserver)"
+    )
+    triton_model: str | None = setting(
+        None, "Triton model name (default sam_image_encoder_<model>)"
+    )
+    triton_timeout: float = setting(60.0, "seconds per encode on Triton, queue included")
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("local", "triton"), EncoderSettings, "kind", "local or triton")
+        _check(self.triton_timeout > 0, EncoderSettings, "triton_timeout", "must be > 0")
 
     def model_name(self, variant: str) -> str:
         """The Triton model serving ``variant``."""
         return self.triton_model or f"sam_image_encoder_{variant}"
 
-    @staticmethod
-    def add_cli_args(
-        parser: argparse.ArgumentParser, env: Mapping[str, str], *, private: bool
-    ) -> None:
-        g = parser.add_argument_group("encoder")
-        g.add_argument(
-            "--encoder", choices=("local", "triton"), default=_env(env, "ENCODER", "local")
-        )
-        g.add_argument(
-            "--triton-url",
-            default=env.get("SAMSERVE_TRITON_URL"),
-            help="Triton gRPC host:port"
-            + (" (default with --encoder triton: start a private tritonserver)" if private else ""),
-        )
-        g.add_argument("--triton-model", default=env.get("SAMSERVE_TRITON_MODEL"))
-        g.add_argument(
-            "--triton-timeout", type=float, default=float(_env(env, "TRITON_TIMEOUT", "60"))
-        )
-        if private:
-            g.add_argument("--triton-repository", help="model repository (default: triton_models/)")
-            g.add_argument("--triton-device", choices=("cpu", "cuda"), default="cpu")
 
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> EncoderSettings:
-        return cls(
-            kind=ns.encoder,
-            triton_url=ns.triton_url,
-            triton_model=ns.triton_model,
-            triton_timeout=ns.triton_timeout,
-            triton_repository=getattr(ns, "triton_repository", None),
-            triton_device=getattr(ns, "triton_device", "cpu"),
+@dataclass(frozen=True, slots=True)
+class PrivateTritonSettings(Settings):
+    """The private tritonserver ``samserve up --encoder triton`` starts."""
+
+    title: ClassVar[str] = "private triton (samserve up)"
+    triton_repository: str | None = setting(
+        None, "model repository to copy (default: triton_models/ of this checkout)", metavar="DIR"
+    )
+    triton_device: str = setting(
+        "cpu", "device of the private Triton's encoder", choices=("cpu", "cuda")
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.triton_device in ("cpu", "cuda"), PrivateTritonSettings, "triton_device",
+               "cpu or cuda")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class UpSettings(Settings):
+    """``samserve up``'s ports (its services bind loopback unless ``--host`` says otherwise)."""
+
+    title: ClassVar[str] = "local stack"
+    embedding_port: int = setting(0, "embedding service gRPC port (0 picks a free one)")
+    decoder_port: int = setting(0, "decoder service gRPC port (0 picks a free one)")
+    embedding_metrics_port: int = setting(0, "embedding service /metrics port")
+    decoder_metrics_port: int = setting(0, "decoder service /metrics port")
+
+    def server(self, name: str, host: str, grace: float) -> ServerSettings:
+        """The ServerSettings of service ``name`` (``embedding`` or ``decoder``)."""
+        return ServerSettings(
+            host=host,
+            port=getattr(self, f"{name}_port"),
+            metrics_port=getattr(self, f"{name}_metrics_port"),
+            grace=grace,
+            flag_prefix=f"{name}-",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSettings(Settings):
+    """``samserve status``: which deployment to report on."""
+
+    title: ClassVar[str] = "kubernetes"
+    namespace: str = setting(
+        DEFAULT_NAMESPACE, "namespace of the deployment", short="-n", env="SAMSERVE_K8S_NAMESPACE"
+    )
+    selector: str = setting(
+        DEFAULT_SELECTOR,
+        "label selector of the deployment's objects",
+        short="-l",
+        env="SAMSERVE_K8S_SELECTOR",
+    )
+    output: str = setting(
+        "table", "report format", choices=("table", "json"), env=False, short="-o"
+    )
+    triton_url: str | None = setting(
+        None,
+        "Triton HTTP URL to ask (e.g. after kubectl port-forward); default: every Triton pod "
+        "through the API server's pod proxy",
+        flag="--triton-url",
+        env="SAMSERVE_K8S_TRITON_URL",
+    )
+    context: str | None = setting(None, "kubeconfig context", env=False)
+    kubeconfig: str | None = setting(None, "kubeconfig file", env=False)

@@ -5,10 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 
 import numpy as np
 
 from samserve_client import SamClient, SamServeError
+
+
+def add_cli_args(seg: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """The ``segment`` subcommand's flags."""
+    seg.add_argument("image", help="image file")
+    seg.add_argument(
+        "--point", action="append", default=[], metavar="X,Y[,LABEL]",
+        help="point prompt in pixels; LABEL 1 = foreground (default), 0 = background",
+    )  # fmt: skip
+    seg.add_argument("--box", metavar="X0,Y0,X1,Y1")
+    seg.add_argument("--single-mask", action="store_true", help="one mask instead of three")
+    seg.add_argument("--out", help="write masks: .npz (all masks + scores) or .png (best mask)")
+    seg.add_argument(
+        "--embedding", default=env.get("SAMSERVE_EMBEDDING_ADDRESS", "127.0.0.1:50051")
+    )
+    seg.add_argument("--decoder", default=env.get("SAMSERVE_DECODER_ADDRESS", "127.0.0.1:50052"))
+    seg.add_argument("--model", default="", help="model variant to ask for (default: server's)")
+    seg.add_argument("--timeout", type=float, default=60.0)
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:

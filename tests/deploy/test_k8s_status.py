@@ -1,4 +1,4 @@
-"""``samserve.k8s``: the deployment health report behind ``samserve status``.
+"""``samserve.cli.status``: the deployment health report behind ``samserve status``.
 
 No cluster runs here. The Kubernetes API is faked at its boundary: fake ``CoreV1Api``,
 ``AppsV1Api`` and ``DiscoveryV1Api`` objects with the same method names and signatures, that
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from samserve.k8s import (
+from samserve.cli.status import (
     DEFAULT_SELECTOR,
     Apis,
     add_cli_args,
@@ -324,7 +324,7 @@ def test_triton_url_unreachable():
 @pytest.mark.timeout(120)
 def test_triton_health_against_a_real_tritonserver():
     """The HTTP calls work against real Triton in model control mode none (as deployed)."""
-    triton_server = pytest.importorskip("samserve.triton_server")
+    triton_server = pytest.importorskip("samserve.procs.triton")
     if triton_server.find_tritonserver() is None:
         pytest.skip("no tritonserver: pip install 'samserve[triton]' (nvidia-pytriton)")
     triton = triton_server.TritonProcess.start(

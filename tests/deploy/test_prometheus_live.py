@@ -63,9 +63,9 @@ def _encoder() -> tuple[str, str]:
     if m is None or "triton" not in m.group(1).split(","):
         return "local", "`samserve up --help` offers no --encoder triton"
     try:
-        from samserve.triton_server import find_tritonserver
+        from samserve.procs.triton import find_tritonserver
     except ImportError as e:
-        return "local", f"samserve.triton_server unavailable ({e})"
+        return "local", f"samserve.procs.triton unavailable ({e})"
     if find_tritonserver() is None:
         return "local", "no tritonserver installed (pip install 'samserve[triton]')"
     return "triton", ""
@@ -152,7 +152,7 @@ class Prometheus:
     """A Prometheus server child on loopback, with a throwaway TSDB."""
 
     def __init__(self, binary: str, workdir: Path, config: dict[str, Any]) -> None:
-        from samserve.stack import free_port
+        from samserve.procs.common import free_port
 
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from samserve.shapes import write_sample_png
+from tools.shapes import write_sample_png
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 import pytest
 
-from samserve.grpc import decoder as decoder_grpc
+from samserve.rpc import decoder as decoder_grpc
 from samserve_client import EmbeddingRef, InvalidArgumentError, NotFoundError
 from samserve_client.pb import decoder_pb2, decoder_pb2_grpc, embedding_pb2, embedding_pb2_grpc
 from tests.conftest import png_bytes
@@ -26,7 +26,7 @@ FAST = {
 
 @pytest.fixture(scope="module")
 def small_rgb() -> np.ndarray:
-    from samserve.shapes import make_shapes_image
+    from tools.shapes import make_shapes_image
 
     return make_shapes_image(seed=5, height=96, width=128).image
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from samserve.shapes import make_shapes_image
 from tests.conftest import png_bytes
 from tests.stack import StackThread
+from tools.shapes import make_shapes_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -7,10 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from samserve.shapes import make_shapes_image
 from samserve_client import InvalidArgumentError, SamClient
 from tests.conftest import png_bytes
 from tests.stack import StackThread
+from tools.shapes import make_shapes_image
 
 pytestmark = pytest.mark.integration
 

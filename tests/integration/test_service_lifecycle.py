@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from samserve.shapes import make_shapes_image
-from samserve.stack import RedisProcess
+from samserve.procs.redis import RedisProcess
 from samserve_client import UnavailableError
 from tests.conftest import png_bytes
 from tests.stack import StackThread
+from tools.shapes import make_shapes_image
 
 pytestmark = pytest.mark.integration
 

@@ -29,15 +29,14 @@ from segment_anything import SamPredictor
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from samserve.app import start_embedding
+from samserve.compose import start_embedding
 from samserve.config import ServerSettings
 from samserve.core.encoder import encode_in_process, resize_for_encoder
 from samserve.core.errors import DeadlineExceeded, Unavailable
 from samserve.core.models import SHIPPED_TINY, LoadedModel, load_model
 from samserve.core.triton_encoder import TritonEncoder, triton_model_name
-from samserve.shapes import make_shapes_image
-from samserve.triton_server import (
-    DEFAULT_REPOSITORY,
+from samserve.procs.triton import (
+    TritonModelOptions,
     TritonProcess,
     find_tritonserver,
     write_model_repository,
@@ -45,6 +44,7 @@ from samserve.triton_server import (
 from samserve_client import UnavailableError
 from tests.conftest import png_bytes
 from tests.stack import StackThread
+from tools.shapes import make_shapes_image
 
 if find_tritonserver() is None:
     pytest.skip(
@@ -60,13 +60,11 @@ MAX_SCORE_DIFF = 1e-3
 EMBED_ATOL = 1e-4
 # Tests skip the warm-up run: it buys nothing here and costs seconds on 2 cores.
 FAST = {"warmup": "false"}
-MODEL_PY = DEFAULT_REPOSITORY / "sam_image_encoder_tiny" / "1" / "model.py"
 
 
 def start_triton(checkpoint: str | Path, grpc_port: int = 0) -> TritonProcess:
-    return TritonProcess.start(
-        None, "tiny", checkpoint, seed=0, device="cpu", parameters=FAST, grpc_port=grpc_port
-    )
+    options = TritonModelOptions("tiny", checkpoint, device="cpu", parameters=FAST)
+    return TritonProcess.start(options, grpc_port=grpc_port)
 
 
 class TritonStack(StackThread):
@@ -87,7 +85,7 @@ class TritonStack(StackThread):
         return self
 
     def start_embedding(self) -> None:
-        server = ServerSettings(port=0, metrics_port=0, grace_seconds=5)
+        server = ServerSettings(port=0, metrics_port=0, grace=5)
         self.embedding = self.call(
             start_embedding(self.model, self.store, self.limits, server, encoder=self.encoder)
         )
@@ -155,9 +153,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("variant", ["tiny", "vit_b", "vit_l", "vit_h"])
 def test_repository_configs(variant: str, tmp_path: Path) -> None:
     """Every shipped config parses, names its variant, and shares the one model.py."""
-    source = DEFAULT_REPOSITORY / triton_model_name(variant)
-    assert (source / "1" / "model.py").resolve() == MODEL_PY.resolve()
-    name = write_model_repository(DEFAULT_REPOSITORY, tmp_path, variant, device="cpu")
+    name = write_model_repository(TritonModelOptions(variant, device="cpu"), tmp_path)
     config = text_format.Parse((tmp_path / name / "config.pbtxt").read_text(), mc.ModelConfig())
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert config.name == name == triton_model_name(variant)
@@ -165,7 +161,8 @@ def test_repository_configs(variant: str, tmp_path: Path) -> None:
     assert [i.name for i in config.input] == ["IMAGE", "IMAGE_SIZE"]
     assert list(config.output[0].dims) == [256, 64, 64]
     assert config.dynamic_batching.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
-    assert not (tmp_path / name / "1" / "model.py").is_symlink()
+    shim = (tmp_path / name / "1" / "model.py").read_text()
+    assert "from samserve.triton_model import TritonPythonModel" in shim
 
 
 @pytest.mark.parametrize(

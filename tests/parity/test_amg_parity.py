@@ -20,10 +20,10 @@ from pycocotools import mask as mask_utils
 from segment_anything import SamAutomaticMaskGenerator
 
 from samserve.core.models import LoadedModel
-from samserve.shapes import make_shapes_image
 from samserve_client import SamClient
 from tests.conftest import png_bytes
 from tests.stack import StackThread
+from tools.shapes import make_shapes_image
 
 pytestmark = [pytest.mark.parity, pytest.mark.integration, pytest.mark.slow]
 

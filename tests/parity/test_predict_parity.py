@@ -14,10 +14,10 @@ import pytest
 from segment_anything import SamPredictor
 
 from samserve.core.models import LoadedModel, load_model
-from samserve.shapes import make_shapes_image
 from samserve_client import EmbeddingRef, SamClient
 from tests.conftest import png_bytes
 from tests.stack import StackThread
+from tools.shapes import make_shapes_image
 
 pytestmark = [pytest.mark.parity, pytest.mark.integration]
 

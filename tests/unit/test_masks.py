@@ -16,9 +16,9 @@ from samserve.core.masks import (
     pack_bitmask,
     pack_bitmask_rle,
 )
-from samserve.grpc.decoder import result_to_proto
-from samserve.shapes import make_shapes_image
+from samserve.rpc.decoder import result_to_proto
 from samserve_client import _convert
+from tools.shapes import make_shapes_image
 
 #: Polygon round trips on generated shapes: measured 1.0 for filled shapes, 0.995 with a hole
 #: and an island inside it; this bound leaves room for thin parts.

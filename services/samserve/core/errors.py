@@ -5,9 +5,11 @@
     ├── NotFound                   NOT_FOUND: no embedding for that image id
     ├── ResourceExhausted          RESOURCE_EXHAUSTED: over a size or concurrency limit
     ├── Unavailable                UNAVAILABLE: Redis or the encoder unreachable
-    └── DeadlineExceeded           DEADLINE_EXCEEDED
+    ├── DeadlineExceeded           DEADLINE_EXCEEDED
+    └── ConfigError                a bad setting, at start-up (never sent to a client)
 
-The message of each is shown to clients, so it names the field and never leaks internals.
+The message of each is shown to clients (ConfigError's to the operator, as one line), so it
+names the field or flag and never leaks internals.
 """
 
 from __future__ import annotations
@@ -47,3 +49,10 @@ class DeadlineExceeded(SamServeError):
     """The work did not finish within the caller's deadline."""
 
     status_name = "DEADLINE_EXCEEDED"
+
+
+class ConfigError(SamServeError):
+    """A setting is invalid or cannot be honoured (file missing, port in use); raised at start-up,
+    its message one line naming the flag."""
+
+    status_name = "FAILED_PRECONDITION"

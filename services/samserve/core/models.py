@@ -22,6 +22,7 @@ from segment_anything.build_sam import _build_sam
 from segment_anything.modeling import Sam
 
 from samserve.core.errors import InvalidInput
+from samserve.core.variants import VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ _BUILDERS: dict[str, Callable[[], Sam]] = {
     ),
 }
 
-VARIANTS: tuple[str, ...] = tuple(_BUILDERS)
 
 #: ``checkpoint`` value that asks for seeded random weights instead of a file.
 RANDOM = "random"
@@ -100,14 +100,11 @@ def build_sam(variant: str) -> Sam:
 
 
 def random_sam(variant: str, seed: int) -> Sam:
-    """Build ``variant`` with deterministic random weights drawn from ``seed``."""
-    devnull_state = torch.random.get_rng_state()
-    try:
+    """Build ``variant`` with deterministic random weights drawn from ``seed`` (the caller's
+    random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sam = build_sam(variant)
-    finally:
-        torch.random.set_rng_state(devnull_state)
-    return sam
+        return build_sam(variant)
 
 
 def check_requested_model(requested: str, variant: str, model_id: str) -> None:

@@ -1,1 +1,3 @@
-../../sam_image_encoder_tiny/1/model.py
+"""Triton entry point of sam_image_encoder_vit_l: the model is samserve.triton_model."""
+
+from samserve.triton_model import TritonPythonModel  # noqa: F401

@@ -13,8 +13,6 @@ from samserve.core.amg import AmgParams, AmgRecord
 from samserve.core.decoder import Decoder, EncodedPrediction, MaskEncoding, PromptSpec
 from samserve.core.errors import InvalidInput
 from samserve.core.masks import coco_rle_counts, pack_bitmask_rle
-from samserve.core.metrics import Metrics
-from samserve.grpc.status import Tracked, rpc
 from samserve_client.pb import common_pb2, decoder_pb2, decoder_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -122,11 +120,9 @@ def record_to_proto(r: AmgRecord, output_mode: str) -> decoder_pb2.MaskRecord:
 class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
     """samserve.v1.DecoderService over a core :class:`Decoder`."""
 
-    def __init__(self, decoder: Decoder, metrics: Metrics) -> None:
+    def __init__(self, decoder: Decoder) -> None:
         self.decoder = decoder
-        self.metrics = metrics
 
-    @rpc(SERVICE, "Segment")
     async def Segment(  # noqa: N802
         self, request: decoder_pb2.SegmentRequest, context: grpc.aio.ServicerContext
     ) -> decoder_pb2.SegmentResponse:
@@ -160,23 +156,21 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         The masks are computed first (the official algorithm needs all of them for its NMS), then
         streamed in groups of about STREAM_CHUNK_BYTES; an empty answer is one empty group.
         """
-        with Tracked(self.metrics, SERVICE, "SegmentEverything") as call:
-            params = amg_params_from_proto(request)
-            (h, w), records = await self.decoder.segment_everything(
-                request.image_id, params, model=request.model
-            )
-            group: list[decoder_pb2.MaskRecord] = []
-            size = 0
-            for r in records:
-                msg = record_to_proto(r, params.output_mode)
-                group.append(msg)
-                size += msg.ByteSize()
-                if size >= STREAM_CHUNK_BYTES:
-                    yield self._everything_response(group, h, w)
-                    group, size = [], 0
-            if group or not records:
+        params = amg_params_from_proto(request)
+        (h, w), records = await self.decoder.segment_everything(
+            request.image_id, params, model=request.model
+        )
+        group: list[decoder_pb2.MaskRecord] = []
+        size = 0
+        for r in records:
+            msg = record_to_proto(r, params.output_mode)
+            group.append(msg)
+            size += msg.ByteSize()
+            if size >= STREAM_CHUNK_BYTES:
                 yield self._everything_response(group, h, w)
-        await call.abort_if_failed(context)
+                group, size = [], 0
+        if group or not records:
+            yield self._everything_response(group, h, w)
 
     def _everything_response(
         self, records: list[decoder_pb2.MaskRecord], h: int, w: int
@@ -193,33 +187,31 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         """Refine: one response per request; the first error ends the stream with its status
         (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE)."""
         session = self.decoder.refine_session()
-        with Tracked(self.metrics, SERVICE, "Refine") as call:
-            async for req in request_iterator:
-                encoding = _ENCODINGS.get(req.mask_encoding)
-                if encoding is None:
-                    raise InvalidInput("mask_encoding: unsupported value")
-                point = None
-                if req.HasField("point"):
-                    point = (float(req.point.x), float(req.point.y), int(req.point.label))
-                box = None
-                if req.HasField("box"):
-                    b = req.box
-                    box = np.array([b.x0, b.y0, b.x1, b.y1], dtype=np.float64)
-                (h, w), pred = await session.step(
-                    req.image_id,
-                    point=point,
-                    box=box,
-                    model=req.model,
-                    multimask_output=req.multimask_output,
-                    encoding=encoding,
-                    return_low_res_logits=req.return_low_res_logits,
-                    reset=req.reset,
-                )
-                yield decoder_pb2.RefineResponse(
-                    result=result_to_proto(pred, encoding, h, w),
-                    step=session.steps,
-                    model_id=self.decoder.model_id,
-                    height=h,
-                    width=w,
-                )
-        await call.abort_if_failed(context)
+        async for req in request_iterator:
+            encoding = _ENCODINGS.get(req.mask_encoding)
+            if encoding is None:
+                raise InvalidInput("mask_encoding: unsupported value")
+            point = None
+            if req.HasField("point"):
+                point = (float(req.point.x), float(req.point.y), int(req.point.label))
+            box = None
+            if req.HasField("box"):
+                b = req.box
+                box = np.array([b.x0, b.y0, b.x1, b.y1], dtype=np.float64)
+            (h, w), pred = await session.step(
+                req.image_id,
+                point=point,
+                box=box,
+                model=req.model,
+                multimask_output=req.multimask_output,
+                encoding=encoding,
+                return_low_res_logits=req.return_low_res_logits,
+                reset=req.reset,
+            )
+            yield decoder_pb2.RefineResponse(
+                result=result_to_proto(pred, encoding, h, w),
+                step=session.steps,
+                model_id=self.decoder.model_id,
+                height=h,
+                width=w,
+            )

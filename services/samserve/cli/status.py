@@ -23,9 +23,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TextIO
 
-#: Label on every object of the kustomize base (deploy/base/kustomization.yaml).
-DEFAULT_SELECTOR = "app.kubernetes.io/part-of=samserve"
-DEFAULT_NAMESPACE = "samserve"
+from samserve.config import DEFAULT_NAMESPACE, DEFAULT_SELECTOR, StatusSettings
+
 COMPONENT_LABEL = "app.kubernetes.io/component"
 TRITON_COMPONENT = "triton"
 #: Triton's HTTP port (containerPort "http" in deploy/base/triton.yaml).
@@ -448,24 +447,7 @@ def format_table(report: DeploymentHealth) -> str:
 
 def add_cli_args(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     """The flags of ``samserve status`` (``SAMSERVE_K8S_*`` environment fallbacks)."""
-    parser.add_argument(
-        "-n", "--namespace", default=env.get("SAMSERVE_K8S_NAMESPACE", DEFAULT_NAMESPACE)
-    )
-    parser.add_argument(
-        "-l",
-        "--selector",
-        default=env.get("SAMSERVE_K8S_SELECTOR", DEFAULT_SELECTOR),
-        help="label selector of the deployment's objects",
-    )
-    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    parser.add_argument(
-        "--triton-url",
-        default=env.get("SAMSERVE_K8S_TRITON_URL"),
-        help="Triton HTTP URL to ask (e.g. after kubectl port-forward); "
-        "default: every Triton pod through the API server's pod proxy",
-    )
-    parser.add_argument("--context", default=None, help="kubeconfig context")
-    parser.add_argument("--kubeconfig", default=None, help="kubeconfig file")
+    StatusSettings.add_cli_args(parser, env)
 
 
 def run_status(

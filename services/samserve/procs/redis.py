@@ -1,14 +1,10 @@
-"""Child processes of ``samserve up`` (a private redis-server) and free-port helpers."""
+"""A private, non-persistent redis-server child (``samserve up`` and the tests)."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
@@ -16,21 +12,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from samserve.procs.common import dies_with_parent, free_port
+
 log = logging.getLogger(__name__)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (for children that cannot bind port 0 themselves)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies, so a killed `up` leaves no orphan."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 @dataclass
@@ -57,11 +41,12 @@ class RedisProcess:
         for _ in range(attempts):
             p = port or free_port()
             proc = subprocess.Popen(
-                [binary, "--port", str(p), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"],
+                dies_with_parent(
+                    [binary, "--port", str(p), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"]
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                preexec_fn=_die_with_parent,
             )  # fmt: skip
             try:
                 _wait_for_redis(proc, p, timeout)

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from samserve.core.triton_encoder import triton_model_name
-from samserve.stack import _die_with_parent, free_port
+from samserve.procs.common import dies_with_parent, free_port
 
 log = logging.getLogger(__name__)
 
 #: The model repository in a source checkout (``triton_models/`` at the repository root).
-DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
+DEFAULT_REPOSITORY = Path(__file__).resolve().parents[3] / "triton_models"
 
 #: Default shared-memory sizes for the python backend: one batch of 8 images in and 8
 #: embeddings out is ~56 MiB, so grow in large steps instead of the 1 MiB default.
@@ -147,33 +147,58 @@ def python_path() -> str:
     return os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
 
 
-def write_model_repository(
-    source: Path,
-    target: Path,
-    variant: str,
-    *,
-    checkpoint: str | Path | None = None,
-    seed: int = 0,
-    device: str | None = None,
-    dtype: str | None = None,
-    max_batch_size: int | None = None,
-    parameters: Mapping[str, str] | None = None,
-    extra_python_path: str = "",
-) -> str:
-    """Copy ``source/sam_image_encoder_<variant>`` into ``target`` with parameters filled in.
+@dataclass(frozen=True, slots=True)
+class TritonModelOptions:
+    """What the private tritonserver serves: which encoder, which weights, on what.
 
-    Args:
-        source: a model repository laid out like ``triton_models/``.
-        target: the per-run repository to create (must not exist).
+    Attributes:
         variant: ``tiny``, ``vit_b``, ``vit_l`` or ``vit_h``.
         checkpoint: official ``.pth`` path or ``"random"``; None keeps the config's value.
         seed: seed for random weights.
-        device: ``cpu`` or ``cuda``; also sets the instance_group kind (and, unless ``dtype``
-            is given, the dtype: float32 on cpu, bfloat16 on cuda). None keeps the config's.
+        device: ``cpu`` or ``cuda``; also sets the instance_group kind and, unless ``dtype`` is
+            given, the dtype (float32 on cpu, bfloat16 on cuda). None keeps the config's.
         dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto``; None keeps the config's.
         max_batch_size: overrides the config's dynamic batching limit.
-        parameters: any other config parameters to set (``warmup``, ``torch_threads``, ...).
-        extra_python_path: prepended to this interpreter's path in ``python_path``.
+        parameters: other config parameters to set (``warmup``, ``torch_threads``, ...).
+        repository: a repository laid out like ``triton_models/`` to copy (None: the one in
+            this source checkout); it is never modified.
+    """
+
+    variant: str
+    checkpoint: str | Path | None = None
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+    max_batch_size: int | None = None
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    repository: Path | None = None
+
+    @property
+    def model_name(self) -> str:
+        return triton_model_name(self.variant)
+
+    def config_parameters(self) -> dict[str, str]:
+        """The ``config.pbtxt`` parameters these options set (python_path aside)."""
+        params: dict[str, str] = {"variant": self.variant, "seed": str(self.seed)}
+        if self.checkpoint is not None:
+            params["checkpoint"] = str(self.checkpoint)
+        if self.device is not None:
+            if self.device not in ("cpu", "cuda"):
+                raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+            params["device"] = self.device
+            params["dtype"] = self.dtype or ("float32" if self.device == "cpu" else "bfloat16")
+        elif self.dtype is not None:
+            params["dtype"] = self.dtype
+        params.update(self.parameters)
+        return params
+
+
+def write_model_repository(
+    options: TritonModelOptions, target: Path, *, extra_python_path: str = ""
+) -> str:
+    """Copy the options' model into ``target`` (created) with its parameters filled in.
+
+    ``python_path`` is set to ``extra_python_path`` followed by this interpreter's path.
 
     Returns:
         The model name.
@@ -181,32 +206,26 @@ def write_model_repository(
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    name = triton_model_name(variant)
+    source = options.repository or DEFAULT_REPOSITORY
+    name = options.model_name
     src = source / name
     if not (src / "config.pbtxt").is_file():
         raise RuntimeError(f"no Triton model {name} in {source} ({src}/config.pbtxt is missing)")
-    # symlinks=False: every variant's model.py links to one file; the copy holds the real one.
-    shutil.copytree(src, target / name, symlinks=False)
+    shutil.copytree(src, target / name)
     config_path = target / name / "config.pbtxt"
     config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
     config.name = name
-
-    params: dict[str, str] = {"variant": variant, "seed": str(seed)}
-    if checkpoint is not None:
-        params["checkpoint"] = str(checkpoint)
-    if device is not None:
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda, got {device!r}")
-        kind = mc.ModelInstanceGroup.KIND_CPU if device == "cpu" else mc.ModelInstanceGroup.KIND_GPU
+    if options.device is not None:
+        kind = (
+            mc.ModelInstanceGroup.KIND_CPU
+            if options.device == "cpu"
+            else mc.ModelInstanceGroup.KIND_GPU
+        )
         for group in config.instance_group:
             group.kind = kind
-        params["device"] = device
-        params["dtype"] = dtype or ("float32" if device == "cpu" else "bfloat16")
-    elif dtype is not None:
-        params["dtype"] = dtype
-    if max_batch_size is not None:
-        config.max_batch_size = max_batch_size
-    params.update(parameters or {})
+    if options.max_batch_size is not None:
+        config.max_batch_size = options.max_batch_size
+    params = options.config_parameters()
     params["python_path"] = os.pathsep.join(p for p in (extra_python_path, python_path()) if p)
     for key, value in params.items():
         config.parameters[key].string_value = value
@@ -214,12 +233,43 @@ def write_model_repository(
     return name
 
 
-def _uses_gpu(repository: Path, name: str) -> bool:
+def _uses_gpu(options: TritonModelOptions, repository: Path) -> bool:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    config = text_format.Parse((repository / name / "config.pbtxt").read_text(), mc.ModelConfig())
+    path = repository / options.model_name / "config.pbtxt"
+    config = text_format.Parse(path.read_text(), mc.ModelConfig())
     return any(g.kind != mc.ModelInstanceGroup.KIND_CPU for g in config.instance_group)
+
+
+def server_args(
+    dist: TritonDist,
+    backends: Path,
+    repository: Path,
+    host: str,
+    ports: tuple[int, int, int],
+    shm_prefix: str,
+    gpu_metrics: bool,
+) -> list[str]:
+    """tritonserver's command line: model control mode none, strict readiness, our ports."""
+    grpc_port, http_port, metrics_port = ports
+    return [
+        str(dist.binary),
+        f"--model-repository={repository}",
+        f"--backend-directory={backends}",
+        f"--cache-directory={dist.binary.parent.parent / 'caches'}",
+        "--model-control-mode=none",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--exit-timeout-secs=5",
+        f"--grpc-address={host}", f"--grpc-port={grpc_port}",
+        f"--http-address={host}", f"--http-port={http_port}",
+        f"--metrics-address={host}", f"--metrics-port={metrics_port}",
+        f"--allow-gpu-metrics={str(gpu_metrics).lower()}",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        f"--backend-config=python,shm-default-byte-size={_SHM_DEFAULT_BYTES}",
+        f"--backend-config=python,shm-growth-byte-size={_SHM_GROWTH_BYTES}",
+    ]  # fmt: skip
 
 
 @dataclass
@@ -254,15 +304,8 @@ class TritonProcess:
     @classmethod
     def start(
         cls,
-        model_repository: str | Path | None,
-        variant: str,
-        checkpoint: str | Path | None = None,
+        options: TritonModelOptions,
         *,
-        seed: int = 0,
-        device: str | None = None,
-        dtype: str | None = None,
-        max_batch_size: int | None = None,
-        parameters: Mapping[str, str] | None = None,
         host: str = "127.0.0.1",
         grpc_port: int = 0,
         http_port: int = 0,
@@ -272,19 +315,10 @@ class TritonProcess:
         attempts: int = 3,
         extra_args: Sequence[str] = (),
     ) -> TritonProcess:
-        """Start tritonserver with ``sam_image_encoder_<variant>`` and wait until it is ready.
+        """Start tritonserver with the options' model and wait until it is ready.
 
         Args:
-            model_repository: a repository laid out like ``triton_models/`` (None: the one in
-                this source checkout); it is copied, never modified.
-            variant: ``tiny``, ``vit_b``, ``vit_l`` or ``vit_h``.
-            checkpoint: official ``.pth`` path or ``"random"``; None keeps the config's value.
-            seed: seed for random weights.
-            device: ``cpu`` or ``cuda`` (sets the instance kind and the default dtype); None
-                keeps the config's.
-            dtype: overrides the config's dtype parameter.
-            max_batch_size: overrides the config's batching limit.
-            parameters: other config parameters to set, e.g. ``{"warmup": "false"}``.
+            options: the model to serve and how.
             host: address every endpoint binds (loopback by default).
             grpc_port, http_port, metrics_port: 0 picks a free port.
             log_path: where tritonserver's output goes (appended; default: ``triton.log`` in
@@ -303,69 +337,63 @@ class TritonProcess:
                 "tritonserver not found: pip install 'samserve[triton]' (the nvidia-pytriton "
                 "wheel ships the binary), or point the embedding service at a running Triton"
             )
-        source = Path(model_repository) if model_repository is not None else DEFAULT_REPOSITORY
         picked = 0 in (grpc_port, http_port, metrics_port)
         last = ""
         for _ in range(attempts):
-            workdir = Path(tempfile.mkdtemp(prefix="samserve-triton-"))
-            try:
-                backends = install_python_stub(dist, workdir)
-                name = write_model_repository(
-                    source, workdir / "models", variant, checkpoint=checkpoint, seed=seed,
-                    device=device, dtype=dtype, max_batch_size=max_batch_size,
-                    parameters=parameters,
-                )  # fmt: skip
-            except BaseException:
-                shutil.rmtree(workdir, ignore_errors=True)
-                raise
             ports = (grpc_port or free_port(host), http_port or free_port(host),
                      metrics_port or free_port(host))  # fmt: skip
-            shm_prefix = f"samserve_{os.getpid()}_{workdir.name.rsplit('-', 1)[-1]}_"
-            logfile = Path(log_path) if log_path is not None else workdir / "triton.log"
-            args = [
-                str(dist.binary),
-                f"--model-repository={workdir / 'models'}",
-                f"--backend-directory={backends}",
-                f"--cache-directory={dist.binary.parent.parent / 'caches'}",
-                "--model-control-mode=none",
-                "--strict-readiness=true",
-                "--exit-on-error=true",
-                "--exit-timeout-secs=5",
-                f"--grpc-address={host}", f"--grpc-port={ports[0]}",
-                f"--http-address={host}", f"--http-port={ports[1]}",
-                f"--metrics-address={host}", f"--metrics-port={ports[2]}",
-                f"--allow-gpu-metrics={str(_uses_gpu(workdir / 'models', name)).lower()}",
-                f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
-                f"--backend-config=python,shm-default-byte-size={_SHM_DEFAULT_BYTES}",
-                f"--backend-config=python,shm-growth-byte-size={_SHM_GROWTH_BYTES}",
-                *extra_args,
-            ]  # fmt: skip
-            with logfile.open("ab") as out:
-                proc = subprocess.Popen(
-                    args,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=server_env(dist),
-                    preexec_fn=_die_with_parent,
-                )
-            triton = cls(proc, name, host, *ports, workdir, logfile, shm_prefix)
             try:
-                triton._wait_ready(timeout)
-            except BaseException as e:
-                triton.stop()
+                return cls._launch(dist, options, host, ports, log_path, timeout, extra_args)
+            except RuntimeError as e:
                 # Triton binds its ports only after loading the model, so a port picked here
                 # can be taken meanwhile; it then exits with "Socket ... already in use".
-                if isinstance(e, RuntimeError) and picked and "already in use" in str(e):
-                    last = str(e)
-                    continue
-                raise
-            log.info(
-                "tritonserver %s on %s (pid %d), log %s",
-                name, triton.grpc_address, proc.pid, logfile,
-            )  # fmt: skip
-            return triton
+                if not (picked and "already in use" in str(e)):
+                    raise
+                last = str(e)
         raise RuntimeError(f"could not start tritonserver: {last}")
+
+    @classmethod
+    def _launch(
+        cls,
+        dist: TritonDist,
+        options: TritonModelOptions,
+        host: str,
+        ports: tuple[int, int, int],
+        log_path: str | Path | None,
+        timeout: float,
+        extra_args: Sequence[str],
+    ) -> TritonProcess:
+        """One attempt: a fresh work folder, the server, and the wait for readiness."""
+        workdir = Path(tempfile.mkdtemp(prefix="samserve-triton-"))
+        try:
+            backends = install_python_stub(dist, workdir)
+            name = write_model_repository(options, workdir / "models")
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        shm_prefix = f"samserve_{os.getpid()}_{workdir.name.rsplit('-', 1)[-1]}_"
+        logfile = Path(log_path) if log_path is not None else workdir / "triton.log"
+        args = server_args(
+            dist, backends, workdir / "models", host, ports, shm_prefix,
+            _uses_gpu(options, workdir / "models"),
+        )  # fmt: skip
+        with logfile.open("ab") as out:
+            proc = subprocess.Popen(
+                dies_with_parent([*args, *extra_args]),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=server_env(dist),
+            )
+        triton = cls(proc, name, host, *ports, workdir, logfile, shm_prefix)
+        try:
+            triton._wait_ready(timeout)
+        except BaseException:
+            triton.stop()
+            raise
+        log.info("tritonserver %s on %s (pid %d), log %s", name, triton.grpc_address, proc.pid,
+                 logfile)  # fmt: skip
+        return triton
 
     def _wait_ready(self, timeout: float) -> None:
         """Poll the model's readiness over HTTP until ready, exited, or ``timeout``."""
@@ -394,9 +422,6 @@ class TritonProcess:
         # Skip the startup tables (backends, models, options): they crowd out the error.
         kept = [ln for ln in text.splitlines() if not ln.startswith(("|", "+-"))]
         return "\n".join(kept[-lines:])
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (for tests); then clean up like :meth:`stop`."""

@@ -1,4 +1,4 @@
-"""gRPC server factory, health, metrics endpoint and the drain-in-order serve loop."""
+"""gRPC server factory, health, the metrics endpoint, signals and the drain."""
 
 from __future__ import annotations
 
@@ -46,13 +46,19 @@ def build_server(
     service_names: Sequence[str],
     *,
     max_receive_bytes: int,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
     """Create a grpc.aio server with servicers, health and reflection, bound to ``address``.
 
     Returns:
         The server (not started), the bound port (``:0`` picks one) and its health servicer.
+
+    Raises:
+        OSError: ``address`` cannot be bound (in use, or not an address of this host).
     """
-    server = grpc.aio.server(options=server_options(max_receive_bytes))
+    server = grpc.aio.server(
+        options=server_options(max_receive_bytes), interceptors=list(interceptors)
+    )
     for add in register:
         add(server)
     health = HealthServicer()
@@ -61,9 +67,12 @@ def build_server(
     reflection.enable_server_reflection(
         [*service_names, health_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as e:  # grpc raises RuntimeError("Failed to bind ...")
+        raise OSError(f"cannot listen on {address}: {e}") from e
     if port == 0:
-        raise OSError(f"could not bind {address}")
+        raise OSError(f"cannot listen on {address}")
     return server, port, health
 
 
@@ -158,6 +167,8 @@ async def wait_for_signal() -> None:
 
 
 async def drain(services: Sequence[RunningService], grace: float) -> None:
-    """Stop every service concurrently, each draining its in-flight calls."""
+    """Stop the services concurrently; each one goes NOT_SERVING, lets its in-flight calls
+    finish (up to ``grace`` seconds), then closes its own clients. Callers stop what the services
+    depend on (Redis, Triton) only after this returns."""
     await asyncio.gather(*(s.stop(grace) for s in services))
     log.info("shutdown complete")

@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from samserve.core.embedding import Embedder, EmbedResult
-from samserve.core.metrics import Metrics
 from samserve.core.models import LoadedModel
-from samserve.grpc.status import Tracked, rpc
+from samserve.rpc.interceptors import log_failure
 from samserve_client.pb import embedding_pb2, embedding_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -32,12 +31,10 @@ def _response(r: EmbedResult, model_id: str) -> embedding_pb2.EmbedResponse:
 class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     """samserve.v1.EmbeddingService over a core :class:`Embedder`."""
 
-    def __init__(self, embedder: Embedder, model: LoadedModel, metrics: Metrics) -> None:
+    def __init__(self, embedder: Embedder, model: LoadedModel) -> None:
         self.embedder = embedder
         self.model = model
-        self.metrics = metrics
 
-    @rpc(SERVICE, "Embed")
     async def Embed(  # noqa: N802
         self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.EmbedResponse:
@@ -52,18 +49,16 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     ) -> AsyncIterator[embedding_pb2.EmbedStreamResponse]:
         """EmbedStream: one item per image, each with its own status (the stream goes on)."""
         async for item in request_iterator:
-            with Tracked(self.metrics, SERVICE, "EmbedStream") as call:
+            try:
                 result = await self.embedder.embed(item.request.image, item.request.model)
-                reply = embedding_pb2.EmbedStreamResponse(
-                    response=_response(result, self.embedder.model_id)
-                )
-            if call.failed:  # this item's status travels in the item; the stream goes on
-                reply = embedding_pb2.EmbedStreamResponse(
-                    code=call.code.value[0], message=call.message
-                )
-            yield reply
+            except Exception as e:  # this item's status travels in the item; the stream goes on
+                code, message = log_failure(f"{SERVICE}/EmbedStream", e)
+                yield embedding_pb2.EmbedStreamResponse(code=code.value[0], message=message)
+                continue
+            yield embedding_pb2.EmbedStreamResponse(
+                response=_response(result, self.embedder.model_id)
+            )
 
-    @rpc(SERVICE, "EmbedCrops")
     async def EmbedCrops(  # noqa: N802
         self, request: embedding_pb2.EmbedCropsRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.EmbedCropsResponse:
@@ -80,7 +75,6 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             width=r.original_size[1],
         )
 
-    @rpc(SERVICE, "GetModelInfo")
     async def GetModelInfo(  # noqa: N802
         self, request: embedding_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.GetModelInfoResponse:

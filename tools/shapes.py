@@ -9,7 +9,7 @@ no global state). Only numpy and Pillow are needed.
 
 Example::
 
-    from samserve.shapes import make_shapes_image
+    from tools.shapes import make_shapes_image
 
     sample = make_shapes_image(seed=3, height=240, width=320)
     sample.image   # (240, 320, 3) uint8 RGB
@@ -188,13 +188,32 @@ def make_shapes_image(
     side = min(height, width) * scale * min(1.0, math.sqrt(5.0 / n_shapes))
     bleed = 0.25 if scale > 1 else 0.0  # fraction of a shape allowed off the image
 
-    covered = np.zeros((height, width), dtype=np.int16)  # index + 1 of the top shape, 0 = none
+    canvas = _Canvas(np.zeros((height, width), dtype=np.int16))
     kinds: list[str] = []
     placed_colors: list[tuple[int, int, int]] = []
-    areas: list[int] = []  # visible area of each placed shape, kept up to date
     for color in colors:
         kind = KINDS[int(rng.integers(len(KINDS)))]
         poly = _polygon(rng, kind, side * rng.uniform(0.25, 0.5))
+        if canvas.place(rng, poly, bleed):
+            kinds.append(kind)
+            placed_colors.append(color)
+
+    if not kinds:  # unreachable: the first shape never overlaps anything
+        raise RuntimeError(f"could not place any shape (seed={seed}, {height}x{width})")
+    return _ground_truth(canvas.covered, kinds, placed_colors, background)
+
+
+class _Canvas:
+    """Which shape is on top at each pixel, and the visible area of each placed shape."""
+
+    def __init__(self, covered: np.ndarray) -> None:
+        self.covered = covered  # (H, W) int16: index + 1 of the top shape, 0 = none
+        self.areas: list[int] = []
+
+    def place(self, rng: np.random.Generator, poly: _Polygon, bleed: float) -> bool:
+        """Try random positions for ``poly`` (centred on the origin) until one overlaps little
+        enough; draw it there and return True, or False after :data:`_TRIES` attempts."""
+        height, width = self.covered.shape
         xs = [p[0] for p in poly]
         ys = [p[1] for p in poly]
         w_ext, h_ext = max(xs) - min(xs), max(ys) - min(ys)
@@ -207,31 +226,33 @@ def make_shapes_image(
             if raster is None:
                 continue
             window, y0, x0 = raster
-            under = covered[y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]][window]
+            region = self.covered[y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]]
+            under = region[window]
             if np.count_nonzero(under) > _MAX_OVER * window.sum():
                 continue
-            hidden = np.bincount(under, minlength=len(areas) + 1)[1:]
-            if any(h > _MAX_HIDDEN * a for h, a in zip(hidden.tolist(), areas, strict=True)):
+            hidden = np.bincount(under, minlength=len(self.areas) + 1)[1:].tolist()
+            if any(h > _MAX_HIDDEN * a for h, a in zip(hidden, self.areas, strict=True)):
                 continue
-            for j, h in enumerate(hidden.tolist()):
-                areas[j] -= h
-            areas.append(int(window.sum()))
-            region = covered[y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]]
-            region[window] = len(areas)
-            kinds.append(kind)
-            placed_colors.append(color)
-            break
+            self.areas = [a - h for a, h in zip(self.areas, hidden, strict=True)]
+            self.areas.append(int(window.sum()))
+            region[window] = len(self.areas)
+            return True
+        return False
 
-    if not kinds:  # unreachable: the first shape never overlaps anything
-        raise RuntimeError(f"could not place any shape (seed={seed}, {height}x{width})")
 
+def _ground_truth(
+    covered: np.ndarray,
+    kinds: list[str],
+    colors: list[tuple[int, int, int]],
+    background: np.ndarray,
+) -> ShapesImage:
+    """The image, masks and boxes of a finished canvas (arrays made read-only)."""
     ids = np.arange(1, len(kinds) + 1, dtype=np.int16)
     masks = covered[None, :, :] == ids[:, None, None]
-    palette = np.array([background.tolist(), *placed_colors], dtype=np.uint8)
+    palette = np.array([background.tolist(), *colors], dtype=np.uint8)
     image = np.take(palette, covered, axis=0)
     boxes = np.array([_bbox(m) for m in masks], dtype=np.int64).reshape(-1, 4)
-    arrays = (image, masks, boxes, palette[1:], background)
-    for a in arrays:
+    for a in (image, masks, boxes, palette[1:], background):
         a.setflags(write=False)
     return ShapesImage(
         image=image,

@@ -1,4 +1,8 @@
-"""Composition: build each service from settings and a loaded model, and start it."""
+"""The composition root: build each service from settings and a loaded model, and start it.
+
+This is the one module that knows every layer: the core objects (store, encoder, embedder,
+decoder, metrics), the gRPC servicers and server, and the settings that configure them.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,14 @@ from samserve.config import Limits, ServerSettings, StoreSettings
 from samserve.core.decoder import Decoder
 from samserve.core.embedding import Embedder
 from samserve.core.encoder import Encoder, LocalEncoder
+from samserve.core.errors import ConfigError
 from samserve.core.metrics import Metrics
 from samserve.core.models import LoadedModel
 from samserve.core.store import RedisStore
-from samserve.grpc import decoder as decoder_grpc
-from samserve.grpc import embedding as embedding_grpc
-from samserve.grpc.server import RunningService, build_server
+from samserve.rpc import decoder as decoder_rpc
+from samserve.rpc import embedding as embedding_rpc
+from samserve.rpc.interceptors import ServiceInterceptor
+from samserve.rpc.server import RunningService, build_server
 from samserve_client.pb import decoder_pb2_grpc, embedding_pb2_grpc
 
 
@@ -24,7 +30,7 @@ def _store(settings: StoreSettings) -> RedisStore:
         settings.redis_url,
         ttl_seconds=settings.ttl_seconds,
         dtype=settings.dtype,
-        timeout=settings.timeout,
+        timeout=settings.redis_timeout,
     )
 
 
@@ -40,10 +46,21 @@ async def _serve(
     closers: list[Callable[[], Awaitable[None]]],
     extra_ready: Callable[[], Awaitable[bool]] | None = None,
 ) -> RunningService:
-    """Bind, start and health-watch one service; ready while Redis (and extras) answer."""
-    server, port, health = build_server(
-        settings.address, [register], [service_name], max_receive_bytes=limits.max_message_bytes
-    )
+    """Bind, start and health-watch one service; ready while Redis (and extras) answer.
+
+    Raises:
+        ConfigError: the gRPC or metrics port cannot be bound (the message names the flag).
+    """
+    try:
+        server, port, health = build_server(
+            settings.address,
+            [register],
+            [service_name],
+            max_receive_bytes=limits.max_message_bytes,
+            interceptors=[ServiceInterceptor(metrics)],
+        )
+    except OSError as e:
+        raise ConfigError(f"{settings.port_flag()}: {e}") from None
 
     async def ready() -> bool:
         up = await store.ping()
@@ -60,7 +77,13 @@ async def _serve(
         ready=ready,
         closers=[*closers, store.close],
     )
-    service.start_metrics(metrics.registry, settings.host, settings.metrics_port)
+    try:
+        service.start_metrics(metrics.registry, settings.host, settings.metrics_port)
+    except OSError as e:
+        raise ConfigError(
+            f"{settings.port_flag('metrics_port')}: cannot listen on "
+            f"{settings.host}:{settings.metrics_port} ({e.strerror or e})"
+        ) from None
     await service.start()
     return service
 
@@ -85,10 +108,10 @@ async def start_embedding(
         max_image_bytes=limits.max_image_bytes,
         max_pixels=limits.max_pixels,
     )
-    servicer = embedding_grpc.EmbeddingServicer(embedder, model, metrics)
+    servicer = embedding_rpc.EmbeddingServicer(embedder, model)
     return await _serve(
         "embedding",
-        embedding_grpc.SERVICE,
+        embedding_rpc.SERVICE,
         lambda s: embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(servicer, s),
         metrics=metrics,
         store=store,
@@ -118,10 +141,10 @@ async def start_decoder(
         max_prompts=limits.max_prompts,
         max_points=limits.max_points,
     )
-    servicer = decoder_grpc.DecoderServicer(decoder, metrics)
+    servicer = decoder_rpc.DecoderServicer(decoder)
     return await _serve(
         "decoder",
-        decoder_grpc.SERVICE,
+        decoder_rpc.SERVICE,
         lambda s: decoder_pb2_grpc.add_DecoderServiceServicer_to_server(servicer, s),
         metrics=metrics,
         store=store,

@@ -1,0 +1,123 @@
+"""The ``samserve`` command: parses flags into settings and hands them to one command module.
+
+    samserve up                 a complete local stack (cli/up.py)
+    samserve embedding|decoder  one service, as a container runs it (cli/serve.py)
+    samserve segment|export     client commands (SDK)
+    samserve status             a deployment's health on Kubernetes (cli/status.py)
+
+Every flag, its ``SAMSERVE_*`` twin and its default come from the settings classes in
+``samserve.config``; docs/configuration.md is generated from this parser (cli/docs.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+
+from samserve.config import (
+    SERVICE_PORTS,
+    EncoderSettings,
+    Limits,
+    LogSettings,
+    ModelSettings,
+    PrivateTritonSettings,
+    ServerSettings,
+    StatusSettings,
+    StoreSettings,
+    UpSettings,
+    environ,
+)
+from samserve.core.errors import ConfigError
+
+log = logging.getLogger("samserve")
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The whole command line (flags take their defaults from ``env``).
+
+    Raises:
+        ConfigError: a ``SAMSERVE_*`` variable holds a value of the wrong type.
+    """
+    parser = argparse.ArgumentParser(
+        prog="samserve", description="Serve Segment Anything: embed once, prompt many."
+    )
+    LogSettings.add_cli_args(parser, env)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start a complete local stack (Redis + both services)")
+    ModelSettings.add_cli_args(up, env)
+    StoreSettings.add_cli_args(up, env, defaults={"redis_url": None})
+    Limits.add_cli_args(up, env)
+    EncoderSettings.add_cli_args(up, env)
+    PrivateTritonSettings.add_cli_args(up, env)
+    ServerSettings.add_cli_args(
+        up, env, defaults={"host": "127.0.0.1"}, skip=("port", "metrics_port")
+    )
+    UpSettings.add_cli_args(up, env)
+
+    for name, ports in SERVICE_PORTS.items():
+        p = sub.add_parser(name, help=f"run the {name} service alone")
+        ModelSettings.add_cli_args(p, env)
+        StoreSettings.add_cli_args(p, env)
+        Limits.add_cli_args(p, env)
+        ServerSettings.add_cli_args(p, env, defaults=ports)
+        if name == "embedding":
+            EncoderSettings.add_cli_args(p, env)
+
+    from samserve.export import add_cli_args as add_export_args
+    from samserve.segment_cmd import add_cli_args as add_segment_args
+
+    add_segment_args(sub.add_parser("segment", help="one prompt query through the SDK"), env)
+    add_export_args(
+        sub.add_parser(
+            "export", help="segment everything in a folder of images: one SA-1B-style JSON each"
+        ),
+        env,
+    )
+
+    status = sub.add_parser("status", help="health of a samserve deployment on Kubernetes")
+    StatusSettings.add_cli_args(status, env)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run one command; a bad setting ends the process with one line naming the flag."""
+    try:
+        sys.exit(_run(argv))
+    except ConfigError as e:
+        sys.exit(f"samserve: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    ns = build_parser(environ()).parse_args(argv)
+    logging.basicConfig(
+        level=LogSettings.from_args(ns).log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if ns.command == "status":
+        from samserve.cli.status import run_status
+
+        return run_status(ns)
+    if ns.command == "export":
+        from samserve.export import run_export
+
+        return run_export(ns)
+    if ns.command == "segment":
+        from samserve.segment_cmd import run_segment
+
+        return run_segment(ns)
+    if ns.command == "up":
+        from samserve.cli.up import up
+
+        asyncio.run(up(ns))
+    else:
+        from samserve.cli.serve import serve
+
+        asyncio.run(serve(ns))
+    return 0

@@ -1,0 +1,68 @@
+"""``samserve embedding`` and ``samserve decoder``: one service until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from samserve.compose import start_decoder, start_embedding
+from samserve.config import EncoderSettings, Limits, ModelSettings, ServerSettings, StoreSettings
+from samserve.core.encoder import Encoder
+from samserve.core.errors import ConfigError, InvalidInput
+from samserve.core.models import SHIPPED_TINY, LoadedModel, load_model
+from samserve.rpc.server import drain, wait_for_signal
+
+log = logging.getLogger(__name__)
+
+
+def load(settings: ModelSettings) -> LoadedModel:
+    """Load the configured model; a checkpoint that cannot be used is a ConfigError."""
+    try:
+        model = load_model(settings.variant, settings.checkpoint, settings.seed)
+    except InvalidInput as e:
+        raise ConfigError(f"{ModelSettings.flag('checkpoint')}: {e}") from None
+    log.info("model %s (%s) from %s", model.variant, model.model_id, model.source)
+    if model.variant == "tiny" and model.source == "shipped":
+        log.info("tiny's shipped weights know only toy shapes on dark backgrounds")
+    return model
+
+
+def resolved_checkpoint(model: LoadedModel) -> str:
+    """The checkpoint argument that makes another process load exactly ``model``'s weights."""
+    if model.source.startswith("random"):
+        return "random"
+    return str(SHIPPED_TINY) if model.source == "shipped" else model.source
+
+
+def triton_encoder(settings: EncoderSettings, variant: str, url: str) -> Encoder:
+    """A Triton encoder client (tritonclient is an optional dependency: imported here)."""
+    from samserve.core.triton_encoder import TritonEncoder
+
+    return TritonEncoder(url, settings.model_name(variant), settings.triton_timeout)
+
+
+async def serve(ns: argparse.Namespace) -> None:
+    """Run the service ``ns.command`` names until a signal, then drain it."""
+    model_settings = ModelSettings.from_args(ns)
+    store = StoreSettings.from_args(ns)
+    limits = Limits.from_args(ns)
+    server = ServerSettings.from_args(ns)
+    enc = EncoderSettings.from_args(ns)
+    if enc.kind == "triton" and not enc.triton_url:
+        raise ConfigError("--triton-url: required with --encoder triton")
+    model = await asyncio.to_thread(load, model_settings)
+    if ns.command == "embedding":
+        encoder = (
+            triton_encoder(enc, model.variant, enc.triton_url)
+            if enc.kind == "triton" and enc.triton_url
+            else None
+        )
+        service = await start_embedding(model, store, limits, server, encoder)
+    else:
+        service = await start_decoder(model, store, limits, server)
+    log.info("%s serving on %s, metrics %s", service.name, service.address, service.metrics_url)
+    try:
+        await wait_for_signal()
+    finally:
+        await drain([service], server.grace)

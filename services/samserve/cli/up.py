@@ -1,0 +1,110 @@
+"""``samserve up``: a private Redis (and Triton), both services, one JSON ready line on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from contextlib import AsyncExitStack
+from typing import Any
+
+from samserve.cli.serve import load, resolved_checkpoint, triton_encoder
+from samserve.compose import start_decoder, start_embedding
+from samserve.config import (
+    EncoderSettings,
+    Limits,
+    ModelSettings,
+    PrivateTritonSettings,
+    ServerSettings,
+    StoreSettings,
+    UpSettings,
+)
+from samserve.core.encoder import Encoder
+from samserve.core.models import LoadedModel
+from samserve.procs.redis import RedisProcess
+from samserve.rpc.server import RunningService, drain, wait_for_signal
+
+
+async def _private_redis(stack: AsyncExitStack) -> str:
+    redis = await asyncio.to_thread(RedisProcess.start)
+    stack.push_async_callback(asyncio.to_thread, redis.stop)
+    return redis.url
+
+
+async def _triton(
+    stack: AsyncExitStack,
+    enc: EncoderSettings,
+    private: PrivateTritonSettings,
+    model: LoadedModel,
+    seed: int,
+) -> tuple[Encoder, dict[str, Any]]:
+    """The Triton encoder client, starting a private tritonserver unless a URL is given."""
+    url, metrics = enc.triton_url, None
+    if url is None:
+        from pathlib import Path
+
+        from samserve.procs.triton import TritonModelOptions, TritonProcess
+
+        options = TritonModelOptions(
+            model.variant,
+            resolved_checkpoint(model),
+            seed=seed,
+            device=private.triton_device,
+            repository=Path(private.triton_repository) if private.triton_repository else None,
+        )
+        triton = await asyncio.to_thread(TritonProcess.start, options)
+        stack.push_async_callback(asyncio.to_thread, triton.stop)
+        url, metrics = triton.grpc_address, triton.metrics_url
+    return triton_encoder(enc, model.variant, url), {"grpc": url, "metrics": metrics}
+
+
+def _ready_line(
+    emb: RunningService,
+    dec: RunningService,
+    redis_url: str,
+    model: LoadedModel,
+    extra: dict[str, Any],
+) -> str:
+    ready = {
+        "embedding": emb.address,
+        "decoder": dec.address,
+        "redis": redis_url,
+        "metrics": {"embedding": emb.metrics_url, "decoder": dec.metrics_url},
+        **extra,
+        "model": model.model_id,
+    }
+    return json.dumps(ready)
+
+
+async def up(ns: argparse.Namespace) -> None:
+    """Start everything, print the ready line, wait for a signal, stop in order.
+
+    Stop order: the services drain first (they close their own clients), then Triton, then
+    Redis (the exit stack unwinds in reverse start order).
+    """
+    model_settings = ModelSettings.from_args(ns)
+    limits = Limits.from_args(ns)
+    enc = EncoderSettings.from_args(ns)
+    private = PrivateTritonSettings.from_args(ns)
+    server = ServerSettings.from_args(ns)
+    ports = UpSettings.from_args(ns)
+    StoreSettings.from_args(ns, redis_url=ns.redis_url or "redis://placeholder")  # validate now
+    model = await asyncio.to_thread(load, model_settings)
+    async with AsyncExitStack() as stack:
+        redis_url = ns.redis_url or await _private_redis(stack)
+        store = StoreSettings.from_args(ns, redis_url=redis_url)
+        encoder, extra = None, {}
+        if enc.kind == "triton":
+            encoder, triton = await _triton(stack, enc, private, model, model_settings.seed)
+            extra["triton"] = triton
+        services: list[RunningService] = []
+        stack.push_async_callback(drain, services, server.grace)
+        emb_settings = ports.server("embedding", server.host, server.grace)
+        services.append(await start_embedding(model, store, limits, emb_settings, encoder))
+        dec_settings = ports.server("decoder", server.host, server.grace)
+        services.append(await start_decoder(model, store, limits, dec_settings))
+        emb, dec = services
+        sys.stdout.write(_ready_line(emb, dec, redis_url, model, extra) + "\n")
+        sys.stdout.flush()
+        await wait_for_signal()

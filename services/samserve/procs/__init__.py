@@ -1,0 +1,1 @@
+"""Child processes samserve starts: a private redis-server and a private tritonserver."""
