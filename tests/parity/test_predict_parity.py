@@ -1,6 +1,6 @@
 """Served Segment == official SamPredictor.predict on the same image and weights.
 
-Tolerance (DESIGN.md): mask IoU >= 0.995 and |score difference| <= 1e-3 for every mask, with
+Tolerance (docs/design.md): mask IoU >= 0.995 and |score difference| <= 1e-3 for every mask, with
 the embedding stored in float16 on the served side and kept in float32 by the reference.
 """
 

@@ -37,7 +37,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops.boxes import batched_nms, box_area
 
 from samserve.core.errors import InvalidInput, ResourceExhausted
-from samserve.core.prefix import ImagePrefix
+from samserve.core.prefix import ReadyEmbedding
 from samserve.core.prefix import decode as prefix_decode
 
 OUTPUT_MODES = ("binary_mask", "coco_rle")
@@ -120,23 +120,6 @@ def crop_boxes(
 
 
 @dataclass(frozen=True, slots=True)
-class CropEmbedding:
-    """A loaded embedding of one crop (the whole image for the first crop).
-
-    Attributes:
-        features: (1, 256, 64, 64) float32.
-        prefix: its prompt-independent decoder work.
-        original_size: (H, W) of the cropped image.
-        input_size: (h, w) of the resized crop the encoder saw.
-    """
-
-    features: torch.Tensor
-    prefix: ImagePrefix
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-
-
-@dataclass(frozen=True, slots=True)
 class AmgRecord:
     """One record of ``generate()``; ``rle`` is the uncompressed RLE ``{"size", "counts"}``."""
 
@@ -153,7 +136,7 @@ def generate(
     sam: Sam,
     params: AmgParams,
     original_size: tuple[int, int],
-    crops: list[tuple[list[int], int, CropEmbedding]],
+    crops: list[tuple[list[int], int, ReadyEmbedding]],
 ) -> list[AmgRecord]:
     """``SamAutomaticMaskGenerator(sam, **params).generate(image)`` given each crop's embedding.
 
@@ -212,7 +195,7 @@ def _process_crop(
     sam: Sam,
     params: AmgParams,
     grids: list[np.ndarray],
-    emb: CropEmbedding,
+    emb: ReadyEmbedding,
     crop_box: list[int],
     layer_idx: int,
     orig_size: tuple[int, int],
@@ -241,7 +224,7 @@ def _process_crop(
 def _process_batch(
     sam: Sam,
     params: AmgParams,
-    emb: CropEmbedding,
+    emb: ReadyEmbedding,
     points: np.ndarray,
     crop_box: list[int],
     orig_size: tuple[int, int],

@@ -25,9 +25,9 @@ from samserve.core.errors import InvalidInput, NotFound, ResourceExhausted
 from samserve.core.masks import Polygon, encode_coco_rle, encode_polygons, pack_bitmask
 from samserve.core.metrics import Metrics
 from samserve.core.models import check_requested_model
-from samserve.core.prefix import ImagePrefix, build_prefix
+from samserve.core.prefix import ReadyEmbedding, prepare
 from samserve.core.prefix import decode as prefix_decode
-from samserve.core.store import Embedding, EmbeddingStore, LruCache
+from samserve.core.store import EmbeddingStore, LruCache
 
 LOW_RES = 256
 
@@ -73,23 +73,6 @@ class EncodedPrediction:
     masks: list[bytes] | list[list[Polygon]]
     scores: np.ndarray
     low_res_logits: np.ndarray | None
-
-
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    """An embedding ready for decoding (what the LRU holds, about 14 MiB).
-
-    Attributes:
-        features: (1, 256, 64, 64) float32 image embedding.
-        prefix: the prompt-independent decoder work for this image.
-        original_size: (H, W) of the image.
-        input_size: (h, w) of the resized image the encoder saw.
-    """
-
-    features: torch.Tensor
-    prefix: ImagePrefix
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
 
 
 def validate_prompt(p: PromptSpec, index: int, max_points: int) -> None:
@@ -144,17 +127,10 @@ def encode_prediction(
     return EncodedPrediction(masks, pred.scores, logits)
 
 
-def load_embedding(sam: Sam, dense_pe: torch.Tensor, emb: Embedding) -> Loaded:
-    """Turn a stored embedding into float32 tensors plus its decoder prefix."""
-    features = torch.from_numpy(emb.features.astype(np.float32))[None]
-    prefix = build_prefix(sam, features, dense_pe)
-    return Loaded(features, prefix, emb.original_size, emb.input_size)
-
-
 def predict(
     sam: Sam,
     dense_pe: torch.Tensor,
-    loaded: Loaded,
+    loaded: ReadyEmbedding,
     prompt: PromptSpec,
     multimask_output: bool,
 ) -> Prediction:
@@ -228,7 +204,7 @@ class Decoder:
         self.metrics = metrics
         self.max_prompts = max_prompts
         self.max_points = max_points
-        self._lru = LruCache(lru_entries)
+        self._lru: LruCache[str, ReadyEmbedding] = LruCache(lru_entries)
         with torch.inference_mode():
             self._dense_pe = sam.prompt_encoder.get_dense_pe()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decoder")
@@ -237,7 +213,7 @@ class Decoder:
         """Reject a request that names a model this service does not run."""
         check_requested_model(model, self.variant, self.model_id)
 
-    async def load(self, image_id: str) -> Loaded:
+    async def load(self, image_id: str) -> ReadyEmbedding:
         """The embedding of ``image_id``, from the LRU or Redis.
 
         Raises:
@@ -252,11 +228,11 @@ class Decoder:
             raise NotFound(f"image_id: no embedding stored for {image_id} under {self.model_id}")
         return loaded
 
-    async def _load_stored(self, image_id: str) -> Loaded | None:
+    async def _load_stored(self, image_id: str) -> ReadyEmbedding | None:
         key = keys.embedding_key(self.model_id, image_id)
         loaded = self._lru.get(key)
         self.metrics.cache.labels("lru", "hit" if loaded is not None else "miss").inc()
-        if isinstance(loaded, Loaded):
+        if loaded is not None:
             return loaded
         emb = await self.store.get(self.model_id, image_id)
         self.metrics.cache.labels("redis", "hit" if emb is not None else "miss").inc()
@@ -264,7 +240,13 @@ class Decoder:
             return None
         loop = asyncio.get_running_loop()
         fresh = await loop.run_in_executor(
-            self._pool, load_embedding, self.sam, self._dense_pe, emb
+            self._pool,
+            prepare,
+            self.sam,
+            self._dense_pe,
+            emb.features,
+            emb.original_size,
+            emb.input_size,
         )
         self._lru.put(key, fresh)
         return fresh
@@ -306,9 +288,18 @@ class Decoder:
         self.metrics.decoder_seconds.observe(time.perf_counter() - start)
         return loaded.original_size, out
 
+    async def predict(
+        self, loaded: ReadyEmbedding, prompt: PromptSpec, multimask_output: bool
+    ) -> Prediction:
+        """One validated prompt against a ready embedding, on the decoder threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, predict, self.sam, self._dense_pe, loaded, prompt, multimask_output
+        )
+
     def _run(
         self,
-        loaded: Loaded,
+        loaded: ReadyEmbedding,
         prompts: list[PromptSpec],
         multimask_output: bool,
         encoding: MaskEncoding,
@@ -340,7 +331,7 @@ class Decoder:
         boxes, layers = amg.crop_boxes(
             whole.original_size, params.crop_n_layers, params.crop_overlap_ratio
         )
-        crops: list[tuple[list[int], int, amg.CropEmbedding]] = []
+        crops: list[tuple[list[int], int, ReadyEmbedding]] = []
         missing = 0
         for box, layer in zip(boxes, layers, strict=True):
             full = box == [0, 0, whole.original_size[1], whole.original_size[0]]
@@ -348,10 +339,7 @@ class Decoder:
             if loaded is None:
                 missing += 1
                 continue
-            emb = amg.CropEmbedding(
-                loaded.features, loaded.prefix, loaded.original_size, loaded.input_size
-            )
-            crops.append((box, layer, emb))
+            crops.append((box, layer, loaded))
         if missing:
             raise NotFound(
                 f"image_id: {missing} of {len(boxes)} crop embeddings of {image_id} are not "
@@ -432,16 +420,7 @@ class RefineSession:
         )
         validate_prompt(prompt, 0, self.decoder.max_points)
         loaded = await self.decoder.load(self.image_id)
-        loop = asyncio.get_running_loop()
-        pred = await loop.run_in_executor(
-            self.decoder._pool,
-            predict,
-            self.decoder.sam,
-            self.decoder._dense_pe,
-            loaded,
-            prompt,
-            multimask_output,
-        )
+        pred = await self.decoder.predict(loaded, prompt, multimask_output)
         self._points, self._labels, self._box = points, labels, prompt.box
         self._logits = pred.low_res_logits[int(np.argmax(pred.scores))]
         self.steps += 1

@@ -1,8 +1,8 @@
 """Model registry: SAM variants built with the official ``segment_anything`` builders.
 
 A variant is one of ``vit_b``, ``vit_l``, ``vit_h`` (official architectures) or ``tiny``
-(DESIGN.md's test-size architecture). Weights come from an official ``.pth`` state dict at a
-path the operator gives; nothing is ever downloaded. Without a checkpoint, ``tiny`` uses the
+(the test-size architecture of docs/design.md). Weights come from an official ``.pth`` state
+dict at a path the operator gives; nothing is ever downloaded. Without a checkpoint, ``tiny`` uses the
 shape-trained weights shipped in this package, and every variant can be asked for deterministic
 random weights from a seed (with a loud warning: such a model's masks mean nothing).
 """
@@ -51,7 +51,7 @@ _BUILDERS: dict[str, Callable[[], Sam]] = {
         encoder_num_heads=12,
         encoder_global_attn_indexes=[2, 5, 8, 11],
     ),
-    # DESIGN.md's test-size architecture: official builder, 2 blocks of width 64.
+    # docs/design.md's test-size architecture: official builder, 2 blocks of width 64.
     "tiny": partial(
         _build_sam,
         encoder_embed_dim=64,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
@@ -40,6 +41,37 @@ class ImagePrefix:
     t2i_v: Tensor
     i2t_q: Tensor
     size: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyEmbedding:
+    """A stored embedding made ready for decoding: what the decoder's LRU holds (~14 MiB).
+
+    Used for whole images and for segment-everything's crops alike.
+
+    Attributes:
+        features: (1, 256, 64, 64) float32 image embedding.
+        prefix: the prompt-independent decoder work for it.
+        original_size: (H, W) of the image (or crop).
+        input_size: (h, w) of the resized image the encoder saw.
+    """
+
+    features: Tensor
+    prefix: ImagePrefix
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+
+def prepare(
+    sam: Sam,
+    dense_pe: Tensor,
+    features: np.ndarray,
+    original_size: tuple[int, int],
+    input_size: tuple[int, int],
+) -> ReadyEmbedding:
+    """Float32 tensors and the decoder prefix of a stored (256, 64, 64) embedding."""
+    tensor = torch.from_numpy(features.astype(np.float32))[None]
+    return ReadyEmbedding(tensor, build_prefix(sam, tensor, dense_pe), original_size, input_size)
 
 
 def build_prefix(sam: Sam, features: Tensor, dense_pe: Tensor) -> ImagePrefix:

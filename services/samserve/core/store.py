@@ -17,7 +17,7 @@ import logging
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -29,6 +29,9 @@ from samserve.core import keys
 from samserve.core.errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 _MAGIC = b"SAMEMB"
 _HEAD = struct.Struct("<6sBI")
@@ -158,20 +161,20 @@ class RedisStore:
         await self._redis.aclose()
 
 
-class LruCache:
-    """A bounded in-process LRU of decoded embeddings (the decoder's first tier)."""
+class LruCache(Generic[K, V]):
+    """A bounded in-process LRU (the decoder's first tier of ready embeddings)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, object] = OrderedDict()
+        self._items: OrderedDict[K, V] = OrderedDict()
 
-    def get(self, key: str) -> object | None:
+    def get(self, key: K) -> V | None:
         item = self._items.get(key)
         if item is not None:
             self._items.move_to_end(key)
         return item
 
-    def put(self, key: str, item: object) -> None:
+    def put(self, key: K, item: V) -> None:
         if self.capacity <= 0:
             return
         self._items[key] = item
