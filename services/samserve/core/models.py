@@ -2,9 +2,10 @@
 
 A variant is one of ``vit_b``, ``vit_l``, ``vit_h`` (official architectures) or ``tiny``
 (the test-size architecture of docs/design.md). Weights come from an official ``.pth`` state
-dict at a path the operator gives; nothing is ever downloaded. Without a checkpoint, ``tiny`` uses the
-shape-trained weights shipped in this package, and every variant can be asked for deterministic
-random weights from a seed (with a loud warning: such a model's masks mean nothing).
+dict at a path the operator gives; nothing is ever downloaded. Without a checkpoint, ``tiny``
+uses the shape-trained weights shipped in this package, and every variant can be asked for
+deterministic random weights from a seed (with a loud warning: such a model's masks mean
+nothing).
 """
 
 from __future__ import annotations
