@@ -55,8 +55,7 @@ def samserve_up(*args: str) -> Iterator[dict[str, object]]:
 
 def print_table(title: str, rows: Sequence[tuple[str, str, str, str]]) -> None:
     """Print rows of (what, reference, samserve, ratio) as an aligned table."""
+    from samserve.cli.table import table_lines
+
     header = ("measure", "reference", "samserve", "ratio (samserve/ref)")
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(4)]
-    print(f"\n{title}")
-    for r in (header, *rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    print(f"\n{title}", *table_lines(rows, header), sep="\n")

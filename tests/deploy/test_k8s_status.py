@@ -328,7 +328,9 @@ def test_triton_health_against_a_real_tritonserver():
     if triton_server.find_tritonserver() is None:
         pytest.skip("no tritonserver: pip install 'samserve[triton]' (nvidia-pytriton)")
     triton = triton_server.TritonProcess.start(
-        None, "tiny", "random", device="cpu", parameters={"warmup": "false"}
+        triton_server.TritonModelOptions(
+            "tiny", "random", device="cpu", parameters={"warmup": "false"}
+        )
     )
     try:
         apis = healthy_cluster()

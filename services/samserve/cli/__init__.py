@@ -32,8 +32,6 @@ from samserve.config import (
 )
 from samserve.core.errors import ConfigError
 
-log = logging.getLogger("samserve")
-
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     """The whole command line (flags take their defaults from ``env``).

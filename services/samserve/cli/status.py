@@ -19,10 +19,11 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TextIO
 
+from samserve.cli.table import table_lines
 from samserve.config import DEFAULT_NAMESPACE, DEFAULT_SELECTOR, StatusSettings
 
 COMPONENT_LABEL = "app.kubernetes.io/component"
@@ -390,17 +391,11 @@ def load_apis(context: str | None = None, kubeconfig: str | None = None) -> Apis
     return Apis(client.CoreV1Api(), client.AppsV1Api(), client.DiscoveryV1Api())
 
 
-def _table(rows: Iterable[Sequence[object]], header: Sequence[str]) -> list[str]:
-    cells = [list(map(str, header)), *([str(c) for c in r] for r in rows)]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-
-
 def format_table(report: DeploymentHealth) -> str:
     """The report as aligned text tables, problems last."""
     state = "HEALTHY" if report.ok else "UNHEALTHY"
     lines = [f"samserve in namespace {report.namespace} ({report.selector}): {state}", ""]
-    lines += _table(
+    lines += table_lines(
         (
             (f"{w.kind.lower()}/{w.name}", f"{w.ready}/{w.desired}", w.available, w.updated)
             for w in report.workloads
@@ -408,7 +403,7 @@ def format_table(report: DeploymentHealth) -> str:
         ("WORKLOAD", "READY", "AVAILABLE", "UP-TO-DATE"),
     )
     lines.append("")
-    lines += _table(
+    lines += table_lines(
         (
             (
                 p.name,
@@ -424,7 +419,7 @@ def format_table(report: DeploymentHealth) -> str:
         ("POD", "COMPONENT", "READY", "PHASE", "RESTARTS", "NODE", "WAITING"),
     )
     lines.append("")
-    lines += _table(
+    lines += table_lines(
         (
             (s.name, ",".join(s.ports), len(s.ready), len(s.not_ready), ",".join(s.ready) or "-")
             for s in report.services
@@ -439,7 +434,7 @@ def format_table(report: DeploymentHealth) -> str:
             if t.error or not t.models:
                 rows.append((t.source, ready, "-", "-", t.error or "no models"))
             rows.extend((t.source, ready, m.name, m.version, m.state) for m in t.models)
-        lines += _table(rows, ("TRITON", "READY", "MODEL", "VERSION", "STATE"))
+        lines += table_lines(rows, ("TRITON", "READY", "MODEL", "VERSION", "STATE"))
     if report.problems:
         lines += ["", "problems:", *(f"  - {p}" for p in report.problems)]
     return "\n".join(lines) + "\n"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from dataclasses import dataclass
 
@@ -18,8 +17,6 @@ from samserve.core.images import content_hash, decode_image
 from samserve.core.metrics import Metrics
 from samserve.core.models import check_requested_model
 from samserve.core.store import Embedding, EmbeddingStore
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

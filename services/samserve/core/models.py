@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,8 +133,12 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read an official ``.pth`` state dict (tensors only, no pickled code)."""
     if not path.is_file():
         raise InvalidInput(f"checkpoint not found: {path}")
-    with path.open("rb") as f:
-        state = torch.load(f, map_location="cpu", weights_only=True)
+    try:
+        with path.open("rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidInput(f"{path} is not a readable .pth state dict ({reason[:200]})") from e
     if not isinstance(state, dict):
         raise InvalidInput(f"checkpoint {path} is not a state dict")
     return state

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,8 +13,6 @@ from samserve.core.decoder import Decoder, EncodedPrediction, MaskEncoding, Prom
 from samserve.core.errors import InvalidInput
 from samserve.core.masks import coco_rle_counts, pack_bitmask_rle
 from samserve_client.pb import common_pb2, decoder_pb2, decoder_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 SERVICE = decoder_pb2.DESCRIPTOR.services_by_name["DecoderService"].full_name
 

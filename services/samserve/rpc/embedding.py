@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,8 +10,6 @@ from samserve.core.embedding import Embedder, EmbedResult
 from samserve.core.models import LoadedModel
 from samserve.rpc.interceptors import log_failure
 from samserve_client.pb import embedding_pb2, embedding_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 SERVICE = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 
