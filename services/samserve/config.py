@@ -228,6 +228,12 @@ class ModelSettings(Settings):
         metavar="PATH",
     )
     seed: int = setting(0, "seed of random weights")
+    expect_model_id: str | None = setting(
+        None,
+        "refuse to start unless the loaded weights have this model id (variant-checksum), so "
+        "every replica provably serves the same weights",
+        metavar="ID",
+    )
 
     def __post_init__(self) -> None:
         _check(self.variant in VARIANTS, ModelSettings, "variant", f"one of {', '.join(VARIANTS)}")

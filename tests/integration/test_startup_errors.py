@@ -70,3 +70,11 @@ def test_up_names_its_own_port_flag(redis_url: str) -> None:
             "--decoder-metrics-port", str(port),
         )  # fmt: skip
     _one_line(result, "--decoder-metrics-port", str(port))
+
+
+def test_expect_model_id_refuses_other_weights() -> None:
+    _one_line(
+        _samserve("decoder", "--checkpoint", "random", "--expect-model-id", "tiny-0000"),
+        "--expect-model-id",
+        "not tiny-0000",
+    )

@@ -22,6 +22,11 @@ def load(settings: ModelSettings) -> LoadedModel:
         model = load_model(settings.variant, settings.checkpoint, settings.seed)
     except InvalidInput as e:
         raise ConfigError(f"{ModelSettings.flag('checkpoint')}: {e}") from None
+    if settings.expect_model_id and model.model_id != settings.expect_model_id:
+        raise ConfigError(
+            f"{ModelSettings.flag('expect_model_id')}: the weights loaded from {model.source} are "
+            f"{model.model_id}, not {settings.expect_model_id}"
+        )
     log.info("model %s (%s) from %s", model.variant, model.model_id, model.source)
     if model.variant == "tiny" and model.source == "shipped":
         log.info("tiny's shipped weights know only toy shapes on dark backgrounds")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from contextlib import AsyncExitStack
 from typing import Any
@@ -21,13 +22,19 @@ from samserve.config import (
     UpSettings,
 )
 from samserve.core.encoder import Encoder
+from samserve.core.errors import ConfigError
 from samserve.core.models import LoadedModel
 from samserve.procs.redis import RedisProcess
 from samserve.rpc.server import RunningService, drain, wait_for_signal
 
+log = logging.getLogger(__name__)
+
 
 async def _private_redis(stack: AsyncExitStack) -> str:
-    redis = await asyncio.to_thread(RedisProcess.start)
+    try:
+        redis = await asyncio.to_thread(RedisProcess.start)
+    except RuntimeError as e:
+        raise ConfigError(f"--redis-url: not given, and no private Redis: {e}") from None
     stack.push_async_callback(asyncio.to_thread, redis.stop)
     return redis.url
 
@@ -53,7 +60,14 @@ async def _triton(
             device=private.triton_device,
             repository=Path(private.triton_repository) if private.triton_repository else None,
         )
-        triton = await asyncio.to_thread(TritonProcess.start, options)
+        try:
+            triton = await asyncio.to_thread(TritonProcess.start, options)
+        except RuntimeError as e:
+            log.error("%s", e)  # the whole story, with the end of tritonserver's log
+            first = str(e).splitlines()[0]
+            raise ConfigError(
+                f"--encoder triton: the private tritonserver failed: {first}"
+            ) from None
         stack.push_async_callback(asyncio.to_thread, triton.stop)
         url, metrics = triton.grpc_address, triton.metrics_url
     return triton_encoder(enc, model.variant, url), {"grpc": url, "metrics": metrics}
