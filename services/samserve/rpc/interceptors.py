@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from samserve.core.admission import Overloaded
 from samserve.core.errors import SamServeError
 from samserve.core.metrics import Metrics
 
@@ -22,6 +23,12 @@ log = logging.getLogger(__name__)
 
 #: Services whose calls the interceptor handles (health and reflection pass through).
 _PREFIX = "/samserve."
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline as ``time.monotonic()`` (None when it set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -58,6 +65,11 @@ class _Call:
             self.code = context.code() or grpc.StatusCode.UNKNOWN
             raise error
         self.code, message = log_failure(self.where, error)
+        if isinstance(error, Overloaded):
+            # gRPC's retry policy waits this long before a retry (and the SDK's throttle keeps
+            # refusals from becoming a retry storm).
+            ms = int(error.retry_after * 1000)
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", str(ms)),))
         await context.abort(self.code, message)
         raise AssertionError("unreachable: abort raises")
 
