@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from samserve.shapes import make_shapes_image
-from samserve_client import InvalidArgumentError, SamClient
+from samserve_client import InvalidArgumentError, ModelInfo, SamClient
 from tests.conftest import png_bytes
 from tests.stack import StackThread
 
@@ -53,6 +53,7 @@ def test_async_client_matches_sync(stack: StackThread, shapes_rgb: np.ndarray) -
     np.testing.assert_array_equal(res.masks, expected.masks)
     np.testing.assert_allclose(res.scores, expected.scores)
     assert len(refs) == 2
+    assert isinstance(info, ModelInfo)
     assert info.model_id == ref.model_id
 
 
