@@ -64,3 +64,20 @@ def test_deadline_is_applied(stack: StackThread, shapes_rgb: np.ndarray) -> None
     client = SamClient(stack.embedding_address, stack.decoder_address, timeout=0.01)
     with client, pytest.raises(DeadlineExceededError):
         client.embed(big)
+
+
+def test_timeout_zero_expires_at_once(stack: StackThread) -> None:
+    from samserve_client import DeadlineExceededError
+
+    big = png_bytes(make_shapes_image(seed=9, height=1500, width=2000).image)
+    with stack.client() as client, pytest.raises(DeadlineExceededError):
+        client.embed(big, timeout=0)  # 0 is a deadline, not "the default"
+    with stack.client(timeout=0) as client, pytest.raises(DeadlineExceededError):
+        client.embed(big)
+
+    async def run() -> None:
+        async with stack.async_client() as client:
+            await client.embed(big, timeout=0)
+
+    with pytest.raises(DeadlineExceededError):
+        asyncio.run(run())
