@@ -22,7 +22,14 @@ from samserve_client import (
     _convert,
     _plan,
 )
-from samserve_client._channel import credentials, is_loopback
+from samserve_client._channel import (
+    IDEMPOTENT_METHODS,
+    NOT_RETRIED_METHODS,
+    RETRYABLE_STATUS_CODES,
+    SERVICE_CONFIG,
+    credentials,
+    is_loopback,
+)
 from samserve_client._refine import MAX_RESUMES, Exchange, Open, RefineSteps
 from samserve_client.pb import decoder_pb2, embedding_pb2
 
@@ -331,6 +338,22 @@ def test_refine_after_an_error_replays_on_a_new_stream() -> None:
     _click(steps, script, 3)
     assert steps.steps == 2
     assert _trace(script)[-3:] == ["Open", "Exchange(1)", "Exchange(3)"]
+
+
+def test_every_rpc_has_a_retry_decision() -> None:
+    """A new RPC must be put in IDEMPOTENT_METHODS or NOT_RETRIED_METHODS on purpose."""
+    rpcs = {
+        (service.full_name, method.name)
+        for module in (embedding_pb2, decoder_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+    retried, not_retried = set(IDEMPOTENT_METHODS), set(NOT_RETRIED_METHODS)
+    assert not retried & not_retried
+    assert retried | not_retried == rpcs
+    policy = SERVICE_CONFIG["methodConfig"][0]
+    assert policy["retryPolicy"]["retryableStatusCodes"] == list(RETRYABLE_STATUS_CODES)
+    assert {(n["service"], n["method"]) for n in policy["name"]} == retried
 
 
 # --- credentials ----------------------------------------------------------------------------

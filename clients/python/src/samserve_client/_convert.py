@@ -170,6 +170,16 @@ def embed_request(data: bytes, model: str) -> embedding_pb2.EmbedRequest:
     return embedding_pb2.EmbedRequest(image=data, model=model)
 
 
+def embed_stream_request(data: bytes, model: str) -> embedding_pb2.EmbedStreamRequest:
+    """One image of an EmbedStream."""
+    return embedding_pb2.EmbedStreamRequest(request=embed_request(data, model))
+
+
+def model_info_request() -> embedding_pb2.GetModelInfoRequest:
+    """A GetModelInfoRequest (it has no fields)."""
+    return embedding_pb2.GetModelInfoRequest()
+
+
 def stream_item(item: embedding_pb2.EmbedStreamResponse) -> EmbeddingRef:
     """The EmbeddingRef of one stream item, or the typed error it carries."""
     if item.code:

@@ -21,7 +21,6 @@ from google.protobuf.message import Message
 from samserve_client import _convert
 from samserve_client._image import ImageLike, encode, to_bytes
 from samserve_client.errors import NotFoundError, SamServeError
-from samserve_client.pb import embedding_pb2
 from samserve_client.types import EmbeddingRef, ModelInfo, Prompt, SegmentResult
 
 T = TypeVar("T")
@@ -145,10 +144,7 @@ def embed(data: bytes, opts: Options) -> Plan[EmbeddingRef]:
 
 def embed_many(images: Iterable[ImageLike], opts: Options) -> Plan[list[EmbeddingRef]]:
     """Embed images over one stream; the first failed item raises its error."""
-    requests = (
-        embedding_pb2.EmbedStreamRequest(request=_convert.embed_request(to_bytes(i), opts.model))
-        for i in images
-    )
+    requests = (_convert.embed_stream_request(to_bytes(i), opts.model) for i in images)
     refs: list[EmbeddingRef] = yield Stream(
         Service.EMBEDDING,
         "EmbedStream",
@@ -205,7 +201,7 @@ def segment_everything(
 
 def model_info(opts: Options) -> Plan[ModelInfo]:
     """The embedding service's model."""
-    request = embedding_pb2.GetModelInfoRequest()
+    request = _convert.model_info_request()
     resp = yield Unary(Service.EMBEDDING, "GetModelInfo", request, opts.timeout)
     return _convert.model_info(resp)
 
