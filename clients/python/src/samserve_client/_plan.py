@@ -46,8 +46,8 @@ class Unary:
 @dataclass(frozen=True, slots=True)
 class Stream:
     """A call answered by a stream: the plan receives the concatenated ``parse(response)``
-    lists. ``request`` is a message, or an iterator of messages for a streaming request.
-    ``parse`` may raise to end the call early."""
+    lists. ``request`` is a message, or an iterator of messages for a streaming request (which
+    can be sent once only). ``parse`` may raise to end the call early."""
 
     service: Service
     method: str
