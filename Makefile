@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU machines here carry these builds on disk.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e "clients/python[rle,polygon]" -e ".[dev,triton]"
+	$(PY) -m pip install -q -e "clients/python[rle,polygon,cli]" -e ".[dev,triton]"
 	touch $(STAMP)
 
 demo: setup

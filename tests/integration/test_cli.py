@@ -1,4 +1,5 @@
-"""The `samserve` command as a user runs it: up, segment, and a clean stop."""
+"""The `samserve` command as a user runs it: up (the server's), segment (the SDK's, which needs
+no torch), and a clean stop."""
 
 from __future__ import annotations
 
@@ -20,6 +21,20 @@ from tools.shapes import write_sample_png
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SAMSERVE = [sys.executable, "-m", "samserve"]
+#: The SDK's entry point: client commands itself, any other one through the server's CLI.
+CLIENT = [sys.executable, "-m", "samserve_client"]
+
+
+@pytest.fixture(scope="module")
+def without_torch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment in which importing torch fails."""
+    blocker = tmp_path_factory.mktemp("no-torch")
+    (blocker / "torch").mkdir()
+    (blocker / "torch" / "__init__.py").write_text(
+        'raise ImportError("the client commands must not need torch")\n'
+    )
+    path = [str(blocker), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
 def _children(pid: int) -> list[int]:
@@ -83,14 +98,16 @@ def test_up_prints_one_ready_line(up: Up) -> None:
     assert r["metrics"]["decoder"].endswith("/metrics")
 
 
-def test_segment_command_and_clean_stop(up: Up, tmp_path: Path) -> None:
+def test_segment_command_and_clean_stop(
+    up: Up, tmp_path: Path, without_torch: dict[str, str]
+) -> None:
     image = tmp_path / "sample.png"
     write_sample_png(image, seed=3, height=240, width=320)
     out = tmp_path / "mask.png"
-    cmd = [*SAMSERVE, "segment", str(image), "--point", "120,100", "--point", "5,5,0",
+    cmd = [*CLIENT, "segment", str(image), "--point", "120,100", "--point", "5,5,0",
            "--embedding", up.ready["embedding"], "--decoder", up.ready["decoder"],
            "--out", str(out)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=without_torch)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert len(summary["scores"]) == 3
@@ -104,12 +121,14 @@ def test_segment_command_and_clean_stop(up: Up, tmp_path: Path) -> None:
     assert not any(_alive(pid) for pid in redis_children)
 
 
-def test_segment_command_reports_errors(up: Up, tmp_path: Path) -> None:
+def test_segment_command_reports_errors(
+    up: Up, tmp_path: Path, without_torch: dict[str, str]
+) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    cmd = [*SAMSERVE, "segment", str(bad), "--point", "1,1",
+    cmd = [*CLIENT, "segment", str(bad), "--point", "1,1",
            "--embedding", up.ready["embedding"], "--decoder", up.ready["decoder"]]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=without_torch)
     assert done.returncode == 1
     assert "INVALID_ARGUMENT" in done.stderr
 
@@ -123,3 +142,9 @@ def test_up_with_external_redis_and_sigint(redis_url: str) -> None:
         assert stack.proc.wait(30) == 0
     finally:
         stack.close()
+
+
+def test_sdk_entry_point_hands_server_commands_over() -> None:
+    done = subprocess.run([*CLIENT, "up", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--redis-url" in done.stdout

@@ -1,5 +1,6 @@
-"""``samserve export``: 20 images (one corrupt), killed part-way, resumed: each good image
-exported exactly once, the corrupt one reported."""
+"""``samserve export`` (the SDK's command) against real services: 20 images (one corrupt),
+killed part-way, resumed: each good image exported exactly once, the corrupt one reported; two
+runs at once into one folder."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ FLAGS = [
 
 def _cmd(stack: StackThread, src: Path, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "samserve", "export", str(src), "--out", str(out),
+        sys.executable, "-m", "samserve_client", "export", str(src), "--out", str(out),
         "--embedding", stack.embedding_address, "--decoder", stack.decoder_address, *FLAGS,
     ]  # fmt: skip
 
@@ -68,12 +69,13 @@ def test_export_kill_and_resume(stack: StackThread, tmp_path: Path) -> None:
     assert summary["exported"] + summary["skipped"] == N_IMAGES - 1
     assert [f["file"] for f in summary["failed"]] == ["broken.png"]
     assert "broken.png" in second.stderr
+    assert "\r" not in second.stderr  # stderr is not a terminal: no progress bar
 
     files = sorted(p.name for p in out.glob("*.json"))
-    assert files == [f"img{i:02d}.json" for i in range(N_IMAGES - 1)]
+    assert files == [f"img{i:02d}.png.json" for i in range(N_IMAGES - 1)]
     for name in files:
         doc = json.loads((out / name).read_text())
-        assert doc["image"]["file_name"] == name.replace(".json", ".png")
+        assert doc["image"]["file_name"] == name.removesuffix(".json")
         assert (doc["image"]["width"], doc["image"]["height"]) == (64, 48)
         for ann in doc["annotations"]:
             m = mask_utils.decode(ann["segmentation"])
@@ -81,3 +83,26 @@ def test_export_kill_and_resume(stack: StackThread, tmp_path: Path) -> None:
             assert int(np.asarray(m).sum()) == ann["area"]
             assert set(ann) >= {"bbox", "predicted_iou", "point_coords", "stability_score"}
             assert len(ann["crop_box"]) == 4
+
+
+def test_concurrent_runs_into_one_folder(stack: StackThread, tmp_path: Path) -> None:
+    src, out = tmp_path / "images", tmp_path / "out"
+    src.mkdir()
+    for i in range(4):
+        rgb = make_shapes_image(seed=200 + i, height=48, width=64).image
+        (src / f"img{i}.png").write_bytes(png_bytes(rgb))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    runs = [
+        subprocess.Popen(
+            _cmd(stack, src, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    for run, (stdout, stderr) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, stderr.decode()
+        summary = json.loads(stdout.decode().strip().splitlines()[-1])
+        assert summary["exported"] + summary["skipped"] == 4
+    assert sorted(p.name for p in out.iterdir()) == [f"img{i}.png.json" for i in range(4)]
+    for p in out.iterdir():
+        assert json.loads(p.read_text())["image"]["file_name"] == p.name.removesuffix(".json")

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from samserve_client import InvalidArgumentError, SamClient
+from samserve_client import InvalidArgumentError, ModelInfo, SamClient
 from tests.conftest import png_bytes
 from tests.stack import StackThread
 from tools.shapes import make_shapes_image
@@ -53,6 +53,7 @@ def test_async_client_matches_sync(stack: StackThread, shapes_rgb: np.ndarray) -
     np.testing.assert_array_equal(res.masks, expected.masks)
     np.testing.assert_allclose(res.scores, expected.scores)
     assert len(refs) == 2
+    assert isinstance(info, ModelInfo)
     assert info.model_id == ref.model_id
 
 
@@ -63,3 +64,20 @@ def test_deadline_is_applied(stack: StackThread, shapes_rgb: np.ndarray) -> None
     client = SamClient(stack.embedding_address, stack.decoder_address, timeout=0.01)
     with client, pytest.raises(DeadlineExceededError):
         client.embed(big)
+
+
+def test_timeout_zero_expires_at_once(stack: StackThread) -> None:
+    from samserve_client import DeadlineExceededError
+
+    big = png_bytes(make_shapes_image(seed=9, height=1500, width=2000).image)
+    with stack.client() as client, pytest.raises(DeadlineExceededError):
+        client.embed(big, timeout=0)  # 0 is a deadline, not "the default"
+    with stack.client(timeout=0) as client, pytest.raises(DeadlineExceededError):
+        client.embed(big)
+
+    async def run() -> None:
+        async with stack.async_client() as client:
+            await client.embed(big, timeout=0)
+
+    with pytest.raises(DeadlineExceededError):
+        asyncio.run(run())

@@ -8,9 +8,8 @@ from segment_anything.utils.amg import coco_encode_rle, mask_to_rle_pytorch
 
 from samserve.core.decoder import EncodedPrediction, MaskEncoding
 from samserve.core.masks import (
+    Polygon,
     coco_rle_counts,
-    decode_coco_rle,
-    decode_polygons,
     encode_coco_rle,
     encode_polygons,
     pack_bitmask,
@@ -18,11 +17,23 @@ from samserve.core.masks import (
 )
 from samserve.rpc.decoder import result_to_proto
 from samserve_client import _convert
+from samserve_client.pb import common_pb2
 from tools.shapes import make_shapes_image
 
 #: Polygon round trips on generated shapes: measured 1.0 for filled shapes, 0.995 with a hole
 #: and an island inside it; this bound leaves room for thin parts.
 MIN_POLYGON_IOU = 0.95
+
+
+def decode_coco_rle(counts: bytes, height: int, width: int) -> np.ndarray:
+    """The SDK's decoding of a COCO RLE mask (the server only encodes)."""
+    rle = common_pb2.CocoRle(counts=counts)
+    return _convert.mask_from_proto(common_pb2.Mask(height=height, width=width, coco_rle=rle))
+
+
+def decode_polygons(polygons: list[Polygon], height: int, width: int) -> np.ndarray:
+    """The SDK's rasterisation of polygons."""
+    return _convert.polygons_to_mask([(p.xy, p.hole) for p in polygons], height, width)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -21,6 +21,7 @@ def test_exported_members() -> None:
         "EmbeddingRef",
         "InternalError",
         "InvalidArgumentError",
+        "ModelInfo",
         "NotFoundError",
         "Prompt",
         "RefineSession",

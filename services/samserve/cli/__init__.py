@@ -2,7 +2,7 @@
 
     samserve up                 a complete local stack (cli/up.py)
     samserve embedding|decoder  one service, as a container runs it (cli/serve.py)
-    samserve segment|export     client commands (SDK)
+    samserve segment|export     client commands (samserve_client.cli, no torch)
     samserve status             a deployment's health on Kubernetes (cli/status.py)
 
 Every flag, its ``SAMSERVE_*`` twin and its default come from the settings classes in
@@ -33,6 +33,7 @@ from samserve.config import (
     environ,
 )
 from samserve.core.errors import ConfigError
+from samserve_client import cli as client_cli
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -72,16 +73,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         else:
             DecoderSettings.add_cli_args(p, env)
 
-    from samserve.export import add_cli_args as add_export_args
-    from samserve.segment_cmd import add_cli_args as add_segment_args
-
-    add_segment_args(sub.add_parser("segment", help="one prompt query through the SDK"), env)
-    add_export_args(
-        sub.add_parser(
-            "export", help="segment everything in a folder of images: one SA-1B-style JSON each"
-        ),
-        env,
-    )
+    client_cli.register(sub, env)
 
     status = sub.add_parser("status", help="health of a samserve deployment on Kubernetes")
     StatusSettings.add_cli_args(status, env)
@@ -94,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_run(argv))
     except ConfigError as e:
         sys.exit(f"samserve: {e}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt:  # Ctrl-C is how a local stack is stopped: a clean exit
+        sys.exit(0)
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -109,14 +101,8 @@ def _run(argv: Sequence[str] | None) -> int:
         from samserve.cli.status import run_status
 
         return run_status(ns)
-    if ns.command == "export":
-        from samserve.export import run_export
-
-        return run_export(ns)
-    if ns.command == "segment":
-        from samserve.segment_cmd import run_segment
-
-        return run_segment(ns)
+    if ns.command in client_cli.CLIENT_COMMANDS:
+        return client_cli.run(ns)
     if ns.command == "up":
         from samserve.cli.up import up
 

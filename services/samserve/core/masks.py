@@ -22,11 +22,6 @@ def encode_coco_rle(masks: np.ndarray) -> list[bytes]:
     return [bytes(r["counts"]) for r in rles]
 
 
-def decode_coco_rle(counts: bytes, height: int, width: int) -> np.ndarray:
-    """Bool (H, W) mask from COCO RLE compressed counts."""
-    return np.asarray(mask_utils.decode({"size": [height, width], "counts": counts}), dtype=bool)
-
-
 def pack_bitmask_rle(rle: dict[str, Any]) -> bytes:
     """:func:`pack_bitmask` of a mask given as the official uncompressed RLE (``amg`` records)."""
     from segment_anything.utils.amg import rle_to_mask
@@ -52,9 +47,9 @@ class Polygon:
 def encode_polygons(mask: np.ndarray) -> list[Polygon]:
     """Outer boundaries and holes of a bool (H, W) mask (``cv2.findContours``, RETR_CCOMP).
 
-    Lossy at the pixel boundary: one-pixel-wide parts and holes may not survive
-    :func:`decode_polygons` exactly (round trips measure IoU >= 0.9 on shapes, see
-    tests/unit/test_masks.py).
+    Lossy at the pixel boundary: one-pixel-wide parts and holes may not survive the SDK's
+    rasterisation (``samserve_client._convert.polygons_to_mask``) exactly (round trips measure
+    IoU >= 0.9 on shapes, see tests/unit/test_masks.py).
     """
     import cv2  # opencv-python-headless
 
@@ -67,22 +62,3 @@ def encode_polygons(mask: np.ndarray) -> list[Polygon]:
         Polygon(np.asarray(c, dtype=np.int32).reshape(-1, 2), bool(hierarchy[0][i][3] != -1))
         for i, c in enumerate(contours)
     ]
-
-
-def decode_polygons(polygons: list[Polygon], height: int, width: int) -> np.ndarray:
-    """Bool (H, W) mask from :func:`encode_polygons`: outer polygons filled (``cv2.fillPoly``),
-    hole interiors cleared, hole edges (pixels of the mask) kept."""
-    import cv2  # opencv-python-headless
-
-    outer = [p.xy.reshape(-1, 1, 2) for p in polygons if not p.hole]
-    holes = [p.xy.reshape(-1, 1, 2) for p in polygons if p.hole]
-    mask = np.zeros((height, width), dtype=np.uint8)
-    if outer:
-        cv2.fillPoly(mask, outer, (1,))
-        cv2.polylines(mask, outer, True, (1,))
-    if holes:
-        inside = np.zeros_like(mask)
-        cv2.fillPoly(inside, holes, (1,))
-        cv2.polylines(inside, holes, True, (0,))
-        mask[inside.astype(bool)] = 0
-    return mask.astype(bool)

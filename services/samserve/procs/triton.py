@@ -32,6 +32,7 @@ from pathlib import Path
 
 from samserve.core.triton_encoder import triton_model_name
 from samserve.procs.common import dies_with_parent, free_port
+from samserve_client._files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -98,25 +99,17 @@ def install_python_stub(dist: TritonDist, fallback_dir: Path) -> Path:
     if target.is_file() and filecmp.cmp(dist.stub, target, shallow=False):
         return dist.backends
     try:
-        _atomic_copy(dist.stub, target)
+        atomic_write(target, dist.stub.read_bytes(), mode=0o755)
         return dist.backends
     except PermissionError:
         backends = fallback_dir / "backends"
         shutil.copytree(dist.backends, backends, dirs_exist_ok=True)
-        _atomic_copy(dist.stub, backends / "python" / "triton_python_backend_stub")
+        atomic_write(
+            backends / "python" / "triton_python_backend_stub",
+            dist.stub.read_bytes(),
+            mode=0o755,
+        )
         return backends
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".stub-")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, dst)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def server_env(dist: TritonDist) -> dict[str, str]:

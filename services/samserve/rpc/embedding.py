@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from samserve.core.amg import AmgParams
 from samserve.core.embedding import Embedder, EmbedResult
 from samserve.core.models import LoadedModel
 from samserve.rpc.interceptors import deadline_of, log_failure
@@ -62,12 +63,13 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         self, request: embedding_pb2.EmbedCropsRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.EmbedCropsResponse:
         """EmbedCrops: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE."""
+        overlap = (
+            request.crop_overlap_ratio
+            if request.HasField("crop_overlap_ratio")
+            else AmgParams().crop_overlap_ratio
+        )
         r = await self.embedder.embed_crops(
-            request.image,
-            request.crop_n_layers,
-            request.crop_overlap_ratio,
-            request.model,
-            deadline_of(context),
+            request.image, request.crop_n_layers, overlap, request.model, deadline_of(context)
         )
         return embedding_pb2.EmbedCropsResponse(
             image_id=r.image_id,
@@ -87,4 +89,5 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             model_id=self.model.model_id,
             weights_sha256=self.model.weights_sha256,
             source=self.model.source,
+            family="sam1",
         )

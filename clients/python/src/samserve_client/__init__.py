@@ -14,7 +14,7 @@ from samserve_client.errors import (
     SamServeError,
     UnavailableError,
 )
-from samserve_client.types import EmbeddingRef, Prompt, SegmentResult
+from samserve_client.types import EmbeddingRef, ModelInfo, Prompt, SegmentResult
 
 __all__ = [
     "AsyncRefineSession",
@@ -24,6 +24,7 @@ __all__ = [
     "EmbeddingRef",
     "InternalError",
     "InvalidArgumentError",
+    "ModelInfo",
     "NotFoundError",
     "Prompt",
     "RefineSession",

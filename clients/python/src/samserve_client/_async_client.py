@@ -2,64 +2,50 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
 import grpc
 import numpy.typing as npt
 
-from samserve_client import _convert
-from samserve_client._channel import DEFAULT_TIMEOUT, aio_channel
-from samserve_client._image import ImageLike, encode, to_bytes
-from samserve_client._refine import SESSION_TIMEOUT, AsyncRefineSession
-from samserve_client.errors import NotFoundError, from_rpc_error
-from samserve_client.pb import decoder_pb2, decoder_pb2_grpc, embedding_pb2, embedding_pb2_grpc
-from samserve_client.types import EmbeddingRef, Prompt, SegmentResult
+from samserve_client import _convert, _plan
+from samserve_client._base import BaseClient
+from samserve_client._channel import aio_channel
+from samserve_client._image import ImageLike, to_bytes
+from samserve_client._plan import Call, Service, Unary
+from samserve_client._refine import AsyncRefineSession
+from samserve_client.pb import decoder_pb2_grpc, embedding_pb2_grpc
+from samserve_client.types import EmbeddingRef, ModelInfo, Prompt, SegmentResult
 
 
-class AsyncSamClient:
-    """Asyncio client for the embedding and decoder services; see :class:`SamClient`."""
+class AsyncSamClient(BaseClient):
+    """Asyncio client for the embedding and decoder services; see :class:`SamClient` (the same
+    arguments, the same methods as coroutines, ``async with``)."""
 
-    def __init__(
+    def _connect(
         self,
         embedding_address: str,
+        embedding_credentials: grpc.ChannelCredentials | None,
         decoder_address: str,
-        *,
-        model: str = "",
-        timeout: float = DEFAULT_TIMEOUT,
+        decoder_credentials: grpc.ChannelCredentials | None,
     ) -> None:
-        self.model = model
-        self.timeout = timeout
-        self._embedding_channel = aio_channel(embedding_address)
-        self._decoder_channel = aio_channel(decoder_address)
-        self._embedding = embedding_pb2_grpc.EmbeddingServiceStub(self._embedding_channel)
-        self._decoder = decoder_pb2_grpc.DecoderServiceStub(self._decoder_channel)
+        self._embedding_channel = aio_channel(embedding_address, embedding_credentials)
+        self._decoder_channel = aio_channel(decoder_address, decoder_credentials)
+        self._stubs: dict[Service, Any] = {
+            Service.EMBEDDING: embedding_pb2_grpc.EmbeddingServiceStub(self._embedding_channel),
+            Service.DECODER: decoder_pb2_grpc.DecoderServiceStub(self._decoder_channel),
+        }
 
     async def embed(self, image: ImageLike, *, timeout: float | None = None) -> EmbeddingRef:
         """Store the embedding of ``image``; see :meth:`SamClient.embed`."""
-        return await self._embed_bytes(to_bytes(image), timeout)
+        return await self._run(_plan.embed(to_bytes(image), self._options(timeout)))
 
     async def embed_many(
         self, images: Iterable[ImageLike], *, timeout: float | None = None
     ) -> list[EmbeddingRef]:
         """Embed many images over one stream; raises on the first failed image."""
-
-        async def requests() -> AsyncIterator[embedding_pb2.EmbedStreamRequest]:
-            for image in images:
-                yield embedding_pb2.EmbedStreamRequest(
-                    request=_convert.embed_request(to_bytes(image), self.model)
-                )
-
-        refs = []
-        try:
-            call = self._embedding.EmbedStream(requests(), timeout=timeout or self.timeout)
-            async for item in call:
-                refs.append(_convert.stream_item(item))
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
-        return refs
+        return await self._run(_plan.embed_many(images, self._options(timeout)))
 
     async def segment(
         self,
@@ -97,22 +83,16 @@ class AsyncSamClient:
         timeout: float | None = None,
     ) -> list[SegmentResult]:
         """Segment with several prompts in one call; see :meth:`SamClient.segment_prompts`."""
-        data, key = (None, image.image_id) if isinstance(image, EmbeddingRef) else encode(image)
-        request = _convert.segment_request(
-            key,
-            prompts,
-            model=self.model,
-            multimask_output=multimask_output,
-            return_low_res_logits=return_low_res_logits,
-            mask_encoding=mask_encoding,
+        return await self._run(
+            _plan.segment_prompts(
+                image,
+                prompts,
+                multimask_output=multimask_output,
+                return_low_res_logits=return_low_res_logits,
+                mask_encoding=mask_encoding,
+                opts=self._options(timeout),
+            )
         )
-        try:
-            return await self._segment(request, timeout)
-        except NotFoundError:
-            if data is None:
-                raise
-        await self._embed_bytes(data, timeout)
-        return await self._segment(request, timeout)
 
     async def segment_everything(
         self,
@@ -122,19 +102,7 @@ class AsyncSamClient:
         **params: Any,
     ) -> list[dict[str, Any]]:
         """Segment everything; see :meth:`SamClient.segment_everything`."""
-        data, key = (None, image.image_id) if isinstance(image, EmbeddingRef) else encode(image)
-        request = _convert.segment_everything_request(key, self.model, params)
-        try:
-            return await self._everything(request, timeout)
-        except NotFoundError:
-            if data is None:
-                raise
-        # Hash-first: upload once (with the crops this call needs), then ask again.
-        if int(request.crop_n_layers) > 0:
-            await self._embed_crops(data, params, timeout)
-        else:
-            await self._embed_bytes(data, timeout)
-        return await self._everything(request, timeout)
+        return await self._run(_plan.segment_everything(image, params, self._options(timeout)))
 
     def refine(
         self,
@@ -143,40 +111,21 @@ class AsyncSamClient:
         multimask_output: bool = False,
         mask_encoding: str = "bitmask",
         return_low_res_logits: bool = False,
-        timeout: float = SESSION_TIMEOUT,
+        timeout: float | None = None,
     ) -> AsyncRefineSession:
-        """An interactive refinement session on ``image`` (one Refine stream).
-
-        Each ``session.click(x, y, label)`` or ``session.box(xyxy)`` returns the refined
-        :class:`SegmentResult`, predicted with every click so far and the previous best
-        low-resolution logits as ``mask_input`` (the official demo's chained
-        ``SamPredictor.predict`` calls). The image is uploaded only if the first step finds no
-        stored embedding. ``timeout`` bounds the whole session. Use it as a context manager.
-        """
-        data, key = (None, image.image_id) if isinstance(image, EmbeddingRef) else encode(image)
-        upload = None if data is None else functools.partial(self._embed_bytes, data, None)
-        return AsyncRefineSession(
-            self._decoder,
-            key,
-            upload,
-            timeout,
-            model=self.model,
+        """An interactive refinement session; see :meth:`SamClient.refine` (``async with``)."""
+        steps = self._refine_steps(
+            image,
             multimask_output=multimask_output,
             mask_encoding=mask_encoding,
             return_low_res_logits=return_low_res_logits,
+            timeout=timeout,
         )
+        return AsyncRefineSession(steps, self._stubs[Service.DECODER].Refine, self._execute)
 
-    async def model_info(
-        self, *, timeout: float | None = None
-    ) -> embedding_pb2.GetModelInfoResponse:
+    async def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """The embedding service's model; see :meth:`SamClient.model_info`."""
-        try:
-            info: embedding_pb2.GetModelInfoResponse = await self._embedding.GetModelInfo(
-                embedding_pb2.GetModelInfoRequest(), timeout=timeout or self.timeout
-            )
-            return info
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
+        return await self._run(_plan.model_info(self._options(timeout)))
 
     async def close(self) -> None:
         """Close both channels."""
@@ -194,40 +143,15 @@ class AsyncSamClient:
     ) -> None:
         await self.close()
 
-    async def _embed_bytes(self, data: bytes, timeout: float | None) -> EmbeddingRef:
-        try:
-            resp = await self._embedding.Embed(
-                _convert.embed_request(data, self.model), timeout=timeout or self.timeout
-            )
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
-        return _convert.embedding_ref(resp)
+    async def _run(self, plan: _plan.Plan[_plan.T]) -> _plan.T:
+        return await _plan.run_async(plan, self._execute)
 
-    async def _segment(
-        self, request: decoder_pb2.SegmentRequest, timeout: float | None
-    ) -> list[SegmentResult]:
+    async def _execute(self, call: Call) -> Any:
+        method = getattr(self._stubs[call.service], call.method)
+        if isinstance(call, Unary):
+            return await method(call.request, timeout=call.timeout)
+        responses = method(call.request, timeout=call.timeout)
         try:
-            resp = await self._decoder.Segment(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
-        return _convert.segment_results(resp)
-
-    async def _everything(
-        self, request: decoder_pb2.SegmentEverythingRequest, timeout: float | None
-    ) -> list[dict[str, Any]]:
-        try:
-            call = self._decoder.SegmentEverything(request, timeout=timeout or self.timeout)
-            return _convert.everything_records([resp async for resp in call])
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
-
-    async def _embed_crops(
-        self, data: bytes, params: dict[str, Any], timeout: float | None
-    ) -> None:
-        try:
-            await self._embedding.EmbedCrops(
-                _convert.embed_crops_request(data, self.model, params),
-                timeout=timeout or self.timeout,
-            )
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
+            return [item async for response in responses for item in call.parse(response)]
+        finally:
+            responses.cancel()

@@ -1,8 +1,7 @@
-"""SamClient: the synchronous SDK (thin I/O over _convert)."""
+"""SamClient: the synchronous SDK, a blocking shell that runs the plans of :mod:`_plan`."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -10,69 +9,72 @@ from typing import Any
 import grpc
 import numpy.typing as npt
 
-from samserve_client import _convert
-from samserve_client._channel import DEFAULT_TIMEOUT, sync_channel
-from samserve_client._image import ImageLike, encode, to_bytes
-from samserve_client._refine import SESSION_TIMEOUT, RefineSession
-from samserve_client.errors import NotFoundError, from_rpc_error
-from samserve_client.pb import decoder_pb2, decoder_pb2_grpc, embedding_pb2, embedding_pb2_grpc
-from samserve_client.types import EmbeddingRef, Prompt, SegmentResult
+from samserve_client import _convert, _plan
+from samserve_client._base import BaseClient
+from samserve_client._channel import sync_channel
+from samserve_client._image import ImageLike, to_bytes
+from samserve_client._plan import Call, Service, Unary
+from samserve_client._refine import RefineSession
+from samserve_client.pb import decoder_pb2_grpc, embedding_pb2_grpc
+from samserve_client.types import EmbeddingRef, ModelInfo, Prompt, SegmentResult
 
 
-class SamClient:
-    """Synchronous client for the embedding and decoder services.
+class SamClient(BaseClient):
+    """Synchronous client for the embedding and decoder services; a context manager.
 
     Args:
-        embedding_address: ``host:port`` (or ``dns:///name:port``) of the embedding service.
-        decoder_address: ``host:port`` of the decoder service.
+        embedding_address: gRPC target of the embedding service: ``host:port``, or several
+            replicas (``dns:///name:port``, ``ipv4:a:p,b:p``) balanced round-robin.
+        decoder_address: gRPC target of the decoder service.
+        tls_ca: CA certificate (path or PEM bytes) the servers' certificates must chain to;
+            giving it means TLS.
+        tls_cert: client certificate (path or PEM bytes) for mutual TLS, with ``tls_key``.
+        tls_key: the client certificate's private key (path or PEM bytes).
+        token: sent on every call as ``authorization: Bearer <token>``; refused over plaintext
+            unless the address is loopback.
         model: model variant to ask for; empty means each server's own model.
-        timeout: default deadline of every call, in seconds.
+        timeout: default deadline of every call in seconds; None means 60 s.
+
+    Every method's ``timeout`` is that call's deadline in seconds: None takes the client's,
+    0 expires at once.
+
+    Raises:
+        ValueError: one of tls_cert/tls_key without the other, a token that would travel in
+            plaintext, or a negative timeout.
+        OSError: a TLS file that cannot be read.
     """
 
-    def __init__(
+    def _connect(
         self,
         embedding_address: str,
+        embedding_credentials: grpc.ChannelCredentials | None,
         decoder_address: str,
-        *,
-        model: str = "",
-        timeout: float = DEFAULT_TIMEOUT,
+        decoder_credentials: grpc.ChannelCredentials | None,
     ) -> None:
-        self.model = model
-        self.timeout = timeout
-        self._embedding_channel = sync_channel(embedding_address)
-        self._decoder_channel = sync_channel(decoder_address)
-        self._embedding = embedding_pb2_grpc.EmbeddingServiceStub(self._embedding_channel)
-        self._decoder = decoder_pb2_grpc.DecoderServiceStub(self._decoder_channel)
+        self._embedding_channel = sync_channel(embedding_address, embedding_credentials)
+        self._decoder_channel = sync_channel(decoder_address, decoder_credentials)
+        self._stubs: dict[Service, Any] = {
+            Service.EMBEDDING: embedding_pb2_grpc.EmbeddingServiceStub(self._embedding_channel),
+            Service.DECODER: decoder_pb2_grpc.DecoderServiceStub(self._decoder_channel),
+        }
 
     def embed(self, image: ImageLike, *, timeout: float | None = None) -> EmbeddingRef:
         """Store the embedding of ``image`` (a no-op when it is already stored).
 
         Args:
             image: a path, encoded bytes, a PIL image or an (H, W, 3) uint8 RGB array.
-            timeout: deadline in seconds (default: the client's).
+            timeout: deadline in seconds.
 
         Returns:
             The stored embedding's reference; ``cached`` says whether the encoder ran.
         """
-        return self._embed_bytes(to_bytes(image), timeout)
+        return self._run(_plan.embed(to_bytes(image), self._options(timeout)))
 
     def embed_many(
         self, images: Iterable[ImageLike], *, timeout: float | None = None
     ) -> list[EmbeddingRef]:
         """Embed many images over one stream; raises on the first failed image."""
-        requests = (
-            embedding_pb2.EmbedStreamRequest(
-                request=_convert.embed_request(to_bytes(i), self.model)
-            )
-            for i in images
-        )
-        refs = []
-        try:
-            for item in self._embedding.EmbedStream(requests, timeout=timeout or self.timeout):
-                refs.append(_convert.stream_item(item))
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
-        return refs
+        return self._run(_plan.embed_many(images, self._options(timeout)))
 
     def segment(
         self,
@@ -126,23 +128,16 @@ class SamClient:
         timeout: float | None = None,
     ) -> list[SegmentResult]:
         """Segment with several prompts in one call; one result per prompt, in order."""
-        data, key = (None, image.image_id) if isinstance(image, EmbeddingRef) else encode(image)
-        request = _convert.segment_request(
-            key,
-            prompts,
-            model=self.model,
-            multimask_output=multimask_output,
-            return_low_res_logits=return_low_res_logits,
-            mask_encoding=mask_encoding,
+        return self._run(
+            _plan.segment_prompts(
+                image,
+                prompts,
+                multimask_output=multimask_output,
+                return_low_res_logits=return_low_res_logits,
+                mask_encoding=mask_encoding,
+                opts=self._options(timeout),
+            )
         )
-        try:
-            return self._segment(request, timeout)
-        except NotFoundError:
-            if data is None:
-                raise
-        # Hash-first flow: the decoder did not have it, so upload once and ask again.
-        self._embed_bytes(data, timeout)
-        return self._segment(request, timeout)
 
     def segment_everything(
         self,
@@ -151,38 +146,29 @@ class SamClient:
         timeout: float | None = None,
         **params: Any,
     ) -> list[dict[str, Any]]:
-        """Segment everything, as ``SamAutomaticMaskGenerator(model, **params).generate(image)``.
+        """Segment everything, as the official automatic mask generator's ``generate()``.
 
         Args:
             image: the image (uploaded only when an embedding it needs is not stored) or an
                 :class:`EmbeddingRef` (then crop embeddings must already be stored).
             timeout: deadline in seconds per call.
-            **params: ``SamAutomaticMaskGenerator``'s keyword parameters, same names and
-                defaults (points_per_side=32, points_per_batch=64, pred_iou_thresh=0.88,
-                stability_score_thresh=0.95, stability_score_offset=1.0, box_nms_thresh=0.7,
-                crop_n_layers=0, crop_nms_thresh=0.7, crop_overlap_ratio=512/1500,
-                crop_n_points_downscale_factor=1, min_mask_region_area=0,
-                output_mode="binary_mask" or "coco_rle").
+            **params: the generator's keyword parameters, same names
+                (``SamAutomaticMaskGenerator``'s, or ``SAM2AutomaticMaskGenerator``'s for a
+                SAM 2 model), e.g. ``points_per_side``, ``pred_iou_thresh``, ``crop_n_layers``,
+                ``output_mode`` (``"binary_mask"`` or ``"coco_rle"``). Only what you pass is
+                sent; the server applies the official defaults for the rest.
 
         Returns:
             What ``generate()`` returns: dicts with ``segmentation`` (bool (H, W), or a COCO RLE
             dict ``{"size": [H, W], "counts": str}``), ``area``, ``bbox`` (XYWH),
             ``predicted_iou``, ``point_coords`` ([[x, y]]), ``stability_score``, ``crop_box``
             (XYWH).
+
+        Raises:
+            InvalidArgumentError: an unknown parameter (before anything is sent), or a value
+                the server refuses.
         """
-        data, key = (None, image.image_id) if isinstance(image, EmbeddingRef) else encode(image)
-        request = _convert.segment_everything_request(key, self.model, params)
-        try:
-            return self._everything(request, timeout)
-        except NotFoundError:
-            if data is None:
-                raise
-        # Hash-first: upload once (with the crops this call needs), then ask again.
-        if int(request.crop_n_layers) > 0:
-            self._embed_crops(data, params, timeout)
-        else:
-            self._embed_bytes(data, timeout)
-        return self._everything(request, timeout)
+        return self._run(_plan.segment_everything(image, params, self._options(timeout)))
 
     def refine(
         self,
@@ -191,38 +177,30 @@ class SamClient:
         multimask_output: bool = False,
         mask_encoding: str = "bitmask",
         return_low_res_logits: bool = False,
-        timeout: float = SESSION_TIMEOUT,
+        timeout: float | None = None,
     ) -> RefineSession:
         """An interactive refinement session on ``image`` (one Refine stream).
 
         Each ``session.click(x, y, label)`` or ``session.box(xyxy)`` returns the refined
         :class:`SegmentResult`, predicted with every click so far and the previous best
         low-resolution logits as ``mask_input`` (the official demo's chained
-        ``SamPredictor.predict`` calls). The image is uploaded only if the first step finds no
-        stored embedding. ``timeout`` bounds the whole session. Use it as a context manager.
+        ``SamPredictor.predict`` calls). The image is uploaded only if a step finds no stored
+        embedding. A stream that ends (a server's connection age, a restart) is resumed
+        transparently. ``timeout`` bounds the whole session (None: 10 minutes). Use it as a
+        context manager.
         """
-        data, key = (None, image.image_id) if isinstance(image, EmbeddingRef) else encode(image)
-        upload = None if data is None else functools.partial(self._embed_bytes, data, None)
-        return RefineSession(
-            self._decoder,
-            key,
-            upload,
-            timeout,
-            model=self.model,
+        steps = self._refine_steps(
+            image,
             multimask_output=multimask_output,
             mask_encoding=mask_encoding,
             return_low_res_logits=return_low_res_logits,
+            timeout=timeout,
         )
+        return RefineSession(steps, self._stubs[Service.DECODER].Refine, self._execute)
 
-    def model_info(self, *, timeout: float | None = None) -> embedding_pb2.GetModelInfoResponse:
-        """The embedding service's model: variant, model_id, weights checksum and source."""
-        try:
-            info: embedding_pb2.GetModelInfoResponse = self._embedding.GetModelInfo(
-                embedding_pb2.GetModelInfoRequest(), timeout=timeout or self.timeout
-            )
-            return info
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
+    def model_info(self, *, timeout: float | None = None) -> ModelInfo:
+        """The embedding service's model: variant, model_id, weights checksum, source, family."""
+        return self._run(_plan.model_info(self._options(timeout)))
 
     def close(self) -> None:
         """Close both channels."""
@@ -240,38 +218,15 @@ class SamClient:
     ) -> None:
         self.close()
 
-    def _embed_bytes(self, data: bytes, timeout: float | None) -> EmbeddingRef:
-        try:
-            resp = self._embedding.Embed(
-                _convert.embed_request(data, self.model), timeout=timeout or self.timeout
-            )
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
-        return _convert.embedding_ref(resp)
+    def _run(self, plan: _plan.Plan[_plan.T]) -> _plan.T:
+        return _plan.run_sync(plan, self._execute)
 
-    def _segment(
-        self, request: decoder_pb2.SegmentRequest, timeout: float | None
-    ) -> list[SegmentResult]:
+    def _execute(self, call: Call) -> Any:
+        method = getattr(self._stubs[call.service], call.method)
+        if isinstance(call, Unary):
+            return method(call.request, timeout=call.timeout)
+        responses = method(call.request, timeout=call.timeout)
         try:
-            resp = self._decoder.Segment(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
-        return _convert.segment_results(resp)
-
-    def _everything(
-        self, request: decoder_pb2.SegmentEverythingRequest, timeout: float | None
-    ) -> list[dict[str, Any]]:
-        try:
-            stream = self._decoder.SegmentEverything(request, timeout=timeout or self.timeout)
-            return _convert.everything_records(stream)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
-
-    def _embed_crops(self, data: bytes, params: dict[str, Any], timeout: float | None) -> None:
-        try:
-            self._embedding.EmbedCrops(
-                _convert.embed_crops_request(data, self.model, params),
-                timeout=timeout or self.timeout,
-            )
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
+            return [item for response in responses for item in call.parse(response)]
+        finally:
+            responses.cancel()  # a parse that raised ends the call; a finished call ignores it

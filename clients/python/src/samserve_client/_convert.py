@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.descriptor import FieldDescriptor
 
 from samserve_client.errors import InvalidArgumentError, from_status
 from samserve_client.pb import common_pb2, decoder_pb2, embedding_pb2
-from samserve_client.types import EmbeddingRef, Prompt, SegmentResult
+from samserve_client.types import EmbeddingRef, ModelInfo, Prompt, SegmentResult
 
 MASK_ENCODINGS: dict[str, int] = {
     "bitmask": common_pb2.MASK_ENCODING_BITMASK,
@@ -169,6 +170,16 @@ def embed_request(data: bytes, model: str) -> embedding_pb2.EmbedRequest:
     return embedding_pb2.EmbedRequest(image=data, model=model)
 
 
+def embed_stream_request(data: bytes, model: str) -> embedding_pb2.EmbedStreamRequest:
+    """One image of an EmbedStream."""
+    return embedding_pb2.EmbedStreamRequest(request=embed_request(data, model))
+
+
+def model_info_request() -> embedding_pb2.GetModelInfoRequest:
+    """A GetModelInfoRequest (it has no fields)."""
+    return embedding_pb2.GetModelInfoRequest()
+
+
 def stream_item(item: embedding_pb2.EmbedStreamResponse) -> EmbeddingRef:
     """The EmbeddingRef of one stream item, or the typed error it carries."""
     if item.code:
@@ -197,57 +208,68 @@ def single_prompt(
     return Prompt(points=points, labels=labels, box=box, mask_input=mask_input)
 
 
-#: SamAutomaticMaskGenerator's parameters and defaults, as segment_everything takes them.
-AMG_DEFAULTS: dict[str, Any] = {
-    "points_per_side": 32,
-    "points_per_batch": 64,
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "stability_score_offset": 1.0,
-    "box_nms_thresh": 0.7,
-    "crop_n_layers": 0,
-    "crop_nms_thresh": 0.7,
-    "crop_overlap_ratio": 512 / 1500,
-    "crop_n_points_downscale_factor": 1,
-    "min_mask_region_area": 0,
-    "output_mode": "binary_mask",
+#: The parameters segment_everything takes: every SegmentEverythingRequest field but the image
+#: and the model, so fields added to the proto (SAM 2's among them) need no SDK change. Their
+#: defaults live on the server only (the official generator's, for the model's family).
+EVERYTHING_PARAMETERS: dict[str, FieldDescriptor] = {
+    f.name: f
+    for f in decoder_pb2.SegmentEverythingRequest.DESCRIPTOR.fields
+    if f.name not in ("image_id", "model")
 }
 
 
 def segment_everything_request(
-    image_id: str, model: str, params: dict[str, Any]
+    image_id: str, model: str, params: Mapping[str, Any]
 ) -> decoder_pb2.SegmentEverythingRequest:
-    """Build a SegmentEverythingRequest; every parameter is sent explicitly."""
-    unknown = sorted(set(params) - set(AMG_DEFAULTS))
+    """Build a SegmentEverythingRequest carrying only the parameters the caller set.
+
+    Raises:
+        InvalidArgumentError: an unknown parameter name, or a value of the wrong type.
+    """
+    unknown = sorted(set(params) - set(EVERYTHING_PARAMETERS))
     if unknown:
         raise InvalidArgumentError(f"unknown segment_everything parameters: {unknown}")
-    if params.get("output_mode", "binary_mask") not in ("binary_mask", "coco_rle"):
-        raise InvalidArgumentError('output_mode must be "binary_mask" or "coco_rle"')
-    values = {**AMG_DEFAULTS, **params}
-    return decoder_pb2.SegmentEverythingRequest(image_id=image_id, model=model, **values)
+    msg = decoder_pb2.SegmentEverythingRequest(image_id=image_id, model=model)
+    for name, value in params.items():
+        try:
+            setattr(msg, name, value)
+        except (TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"{name}: {e}") from None
+    return msg
+
+
+def needs_crops(request: decoder_pb2.SegmentEverythingRequest) -> bool:
+    """Whether the call asks for crop layers (their embeddings come from EmbedCrops)."""
+    return request.HasField("crop_n_layers") and request.crop_n_layers > 0
 
 
 def embed_crops_request(
-    data: bytes, model: str, params: dict[str, Any]
+    data: bytes, request: decoder_pb2.SegmentEverythingRequest
 ) -> embedding_pb2.EmbedCropsRequest:
-    """The EmbedCropsRequest that stores the crops a segment_everything call needs."""
-    values = {**AMG_DEFAULTS, **params}
-    return embedding_pb2.EmbedCropsRequest(
-        image=data,
-        model=model,
-        crop_n_layers=int(values["crop_n_layers"]),
-        crop_overlap_ratio=float(values["crop_overlap_ratio"]),
+    """The EmbedCropsRequest storing the crops ``request`` needs; an unset overlap stays unset
+    (the server applies its default to both calls)."""
+    msg = embedding_pb2.EmbedCropsRequest(
+        image=data, model=request.model, crop_n_layers=request.crop_n_layers
+    )
+    if request.HasField("crop_overlap_ratio"):
+        msg.crop_overlap_ratio = request.crop_overlap_ratio
+    return msg
+
+
+def model_info(resp: embedding_pb2.GetModelInfoResponse) -> ModelInfo:
+    """A ModelInfo from a GetModelInfoResponse."""
+    return ModelInfo(
+        variant=resp.variant,
+        model_id=resp.model_id,
+        weights_sha256=resp.weights_sha256,
+        source=resp.source,
+        family=resp.family,
     )
 
 
-def everything_records(
-    responses: Iterable[decoder_pb2.SegmentEverythingResponse],
-) -> list[dict[str, Any]]:
-    """Collect a SegmentEverything stream into ``generate()``-style dicts."""
-    out: list[dict[str, Any]] = []
-    for resp in responses:
-        out.extend(everything_record(r) for r in resp.records)
-    return out
+def everything_records(resp: decoder_pb2.SegmentEverythingResponse) -> list[dict[str, Any]]:
+    """The ``generate()``-style dicts of one SegmentEverything message (a stream's group)."""
+    return [everything_record(r) for r in resp.records]
 
 
 def everything_record(r: decoder_pb2.MaskRecord) -> dict[str, Any]:

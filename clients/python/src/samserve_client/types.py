@@ -61,3 +61,24 @@ class SegmentResult:
     low_res_logits: np.ndarray = field(
         default_factory=lambda: np.zeros((0, 256, 256), dtype=np.float32)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """The model an embedding service serves (``SamClient.model_info``).
+
+    Attributes:
+        variant: variant name, e.g. ``"vit_h"``, ``"tiny"``, ``"sam2.1_hiera_l"``.
+        model_id: model identity used in cache keys (variant and weights checksum prefix).
+        weights_sha256: full hex sha256 of the weights.
+        source: where the weights came from (``"shipped"``, ``"random(seed=N)"``, ...).
+        family: ``"sam1"`` or ``"sam2"``: which official package the model follows, hence which
+            generator parameters ``segment_everything`` accepts; empty from a server that does
+            not say.
+    """
+
+    variant: str
+    model_id: str
+    weights_sha256: str
+    source: str
+    family: str

@@ -51,16 +51,18 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("variant", "model_id", "weights_sha256", "source")
+    __slots__ = ("variant", "model_id", "weights_sha256", "source", "family")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
     variant: str
     model_id: str
     weights_sha256: str
     source: str
-    def __init__(self, variant: _Optional[str] = ..., model_id: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    family: str
+    def __init__(self, variant: _Optional[str] = ..., model_id: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., source: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
 
 class EmbedCropsRequest(_message.Message):
     __slots__ = ("image", "model", "crop_n_layers", "crop_overlap_ratio")

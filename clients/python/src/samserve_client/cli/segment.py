@@ -1,4 +1,5 @@
-"""``samserve segment``: one prompt query through the SDK, masks to a file, scores to stdout."""
+"""``samserve segment IMAGE --point X,Y[,LABEL] ... [--box X0,Y0,X1,Y1] [--out FILE]``: one
+prompt query, the mask(s) to a file, a JSON summary (scores, best, areas, out) on stdout."""
 
 from __future__ import annotations
 
@@ -10,24 +11,20 @@ from collections.abc import Mapping
 import numpy as np
 
 from samserve_client import SamClient, SamServeError
+from samserve_client.cli import _connect
 
 
-def add_cli_args(seg: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    """The ``segment`` subcommand's flags."""
-    seg.add_argument("image", help="image file")
-    seg.add_argument(
+def add_cli_args(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """The ``segment`` command's flags."""
+    parser.add_argument("image", help="image file")
+    parser.add_argument(
         "--point", action="append", default=[], metavar="X,Y[,LABEL]",
         help="point prompt in pixels; LABEL 1 = foreground (default), 0 = background",
     )  # fmt: skip
-    seg.add_argument("--box", metavar="X0,Y0,X1,Y1")
-    seg.add_argument("--single-mask", action="store_true", help="one mask instead of three")
-    seg.add_argument("--out", help="write masks: .npz (all masks + scores) or .png (best mask)")
-    seg.add_argument(
-        "--embedding", default=env.get("SAMSERVE_EMBEDDING_ADDRESS", "127.0.0.1:50051")
-    )
-    seg.add_argument("--decoder", default=env.get("SAMSERVE_DECODER_ADDRESS", "127.0.0.1:50052"))
-    seg.add_argument("--model", default="", help="model variant to ask for (default: server's)")
-    seg.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--box", metavar="X0,Y0,X1,Y1")
+    parser.add_argument("--single-mask", action="store_true", help="one mask instead of three")
+    parser.add_argument("--out", help="write masks: .npz (all masks + scores) or .png (best mask)")
+    _connect.add_cli_args(parser, env, timeout=60.0)
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -42,8 +39,8 @@ def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
     return values
 
 
-def run_segment(ns: argparse.Namespace) -> int:
-    """Run the query; returns the process exit code."""
+def run(ns: argparse.Namespace) -> int:
+    """Run the query; returns the process exit code (1: the server refused it)."""
     points, labels = [], []
     for text in ns.point:
         v = _floats(text, (2, 3), "--point")
@@ -52,7 +49,7 @@ def run_segment(ns: argparse.Namespace) -> int:
     box = _floats(ns.box, (4,), "--box") if ns.box else None
     if not points and box is None:
         raise SystemExit("samserve segment: give at least one --point or a --box")
-    with SamClient(ns.embedding, ns.decoder, model=ns.model, timeout=ns.timeout) as client:
+    with _connect.open_client(SamClient, ns) as client:
         try:
             res = client.segment(
                 ns.image,
