@@ -31,6 +31,19 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+#: gRPC's retry pushback trailer: how long a client's retry policy waits before it retries.
+PUSHBACK = "grpc-retry-pushback-ms"
+
+
+def pushback_ms(error: BaseException) -> str:
+    """The pushback for a RESOURCE_EXHAUSTED answer: the overload's retry hint (at least 1 ms:
+    gRPC clients have been seen to hang on 0), or -1 (never retry) for a request over a size
+    limit, which no retry can fix."""
+    if isinstance(error, Overloaded):
+        return str(max(1, round(error.retry_after * 1000)))
+    return "-1"
+
+
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The code and client-safe message for an exception raised while handling an RPC."""
     if isinstance(error, SamServeError):
@@ -65,11 +78,8 @@ class _Call:
             self.code = context.code() or grpc.StatusCode.UNKNOWN
             raise error
         self.code, message = log_failure(self.where, error)
-        if isinstance(error, Overloaded):
-            # gRPC's retry policy waits this long before a retry (and the SDK's throttle keeps
-            # refusals from becoming a retry storm).
-            ms = int(error.retry_after * 1000)
-            context.set_trailing_metadata((("grpc-retry-pushback-ms", str(ms)),))
+        if self.code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            context.set_trailing_metadata(((PUSHBACK, pushback_ms(error)),))
         await context.abort(self.code, message)
         raise AssertionError("unreachable: abort raises")
 
