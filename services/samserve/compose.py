@@ -125,6 +125,7 @@ async def start_embedding(
             decode_slots=settings.decode_slots,
             encoder_slots=settings.encoder_slots or (1 if local else TRITON_ENCODER_SLOTS),
             max_queued_encodes=settings.max_queued_encodes,
+            queue_full_wait=limits.queue_full_wait,
         ),
     )
     servicer = embedding_rpc.EmbeddingServicer(embedder, model)
@@ -167,6 +168,8 @@ async def start_decoder(
         max_queued_prompts=settings.max_queued_prompts,
         max_queued_everything=settings.max_queued_everything,
         max_everything_work=settings.max_everything_work,
+        queue_full_wait=limits.queue_full_wait,
+        max_queue_seconds=settings.max_queue_seconds,
     )
     servicer = decoder_rpc.DecoderServicer(decoder)
     return await _serve(

@@ -292,6 +292,11 @@ class Limits(Settings):
         64 * 1024 * 1024,
         "largest Segment answer, bytes (refused before any work when it is known to be over)",
     )
+    queue_full_wait: float = setting(
+        0.2,
+        "seconds a call that finds its admission queue full waits for room before it is "
+        "refused (paces callers that retry at once)",
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -302,6 +307,7 @@ class Limits(Settings):
             "max_response_bytes",
         ):
             _check(getattr(self, name) > 0, Limits, name, "must be > 0")
+        _check(0 <= self.queue_full_wait <= 10, Limits, "queue_full_wait", "must be 0..10")
 
     @property
     def max_message_bytes(self) -> int:
@@ -324,6 +330,11 @@ class DecoderSettings(Settings):
     max_queued_prompts: int = setting(
         16, "prompts allowed to wait for a decoder thread; past it, RESOURCE_EXHAUSTED at once"
     )
+    max_queue_seconds: float = setting(
+        0.3,
+        "longest expected wait for a decoder thread (queued prompts x a prompt's moving-average "
+        "time / threads); past it, RESOURCE_EXHAUSTED at once",
+    )
     max_queued_everything: int = setting(
         1, "SegmentEverything calls allowed to wait while one runs; past it, RESOURCE_EXHAUSTED"
     )
@@ -334,7 +345,7 @@ class DecoderSettings(Settings):
     )
 
     def __post_init__(self) -> None:
-        for name in ("decoder_workers", "work_bytes", "max_everything_work"):
+        for name in ("decoder_workers", "work_bytes", "max_everything_work", "max_queue_seconds"):
             _check(getattr(self, name) > 0, DecoderSettings, name, "must be > 0")
         for name in ("lru_entries", "max_queued_prompts", "max_queued_everything"):
             _check(getattr(self, name) >= 0, DecoderSettings, name, "must be >= 0")

@@ -180,7 +180,8 @@ def test_reads_restart_the_ttl_and_concurrent_misses_share_one_get(
 ) -> None:
     r = redis.Redis(port=redis_server.port)
     r.flushall()
-    stack = StackThread(tiny_random, redis_server.url, ttl_seconds=100).start()
+    roomy = DecoderSettings(max_queue_seconds=600)  # 8 calls at once: none refused
+    stack = StackThread(tiny_random, redis_server.url, ttl_seconds=100, decoder=roomy).start()
     try:
         with stack.client() as client:
             ref = client.embed(make_shapes_image(seed=9, height=120, width=160).image)

@@ -225,6 +225,8 @@ class Decoder:
         max_queued_prompts: prompts allowed to wait for a worker.
         max_queued_everything: segment-everything calls allowed to wait for their turn.
         max_everything_work: largest segment-everything work (see :func:`amg.check_work`).
+        queue_full_wait: seconds a call that finds the prompt queue full waits for room.
+        max_queue_seconds: longest expected wait for a decoder thread before a refusal.
     """
 
     def __init__(
@@ -244,6 +246,8 @@ class Decoder:
         max_queued_prompts: int = 16,
         max_queued_everything: int = 1,
         max_everything_work: int = 2 * 10**11,
+        queue_full_wait: float = 0.0,
+        max_queue_seconds: float = float("inf"),
     ) -> None:
         self.variant = variant
         self.model_id = model_id
@@ -261,7 +265,14 @@ class Decoder:
         with torch.inference_mode():
             self._dense_pe = sam.prompt_encoder.get_dense_pe()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decoder")
-        self.prompts = Lane("decoder", workers, max_queued_prompts, metrics)
+        self.prompts = Lane(
+            "decoder",
+            workers,
+            max_queued_prompts,
+            metrics,
+            overflow_wait=queue_full_wait,
+            max_wait=max_queue_seconds,
+        )
         self.everything = Lane("everything", 1, max_queued_everything, metrics)
 
     def check_model(self, model: str) -> None:

@@ -51,6 +51,7 @@ class EmbedLimits:
         decode_slots: image decodes running at once.
         encoder_slots: encoder runs in flight at once (1 in process; Triton batches more).
         max_queued_encodes: images allowed to wait for the encoder; past it, RESOURCE_EXHAUSTED.
+        queue_full_wait: seconds a call that finds a queue full waits for room.
     """
 
     max_image_bytes: int = 32 * 1024 * 1024
@@ -59,6 +60,7 @@ class EmbedLimits:
     decode_slots: int = 2
     encoder_slots: int = 1
     max_queued_encodes: int = 8
+    queue_full_wait: float = 0.0
 
 
 class Embedder:
@@ -95,8 +97,13 @@ class Embedder:
         self.limits = limits
         self._flight: SingleFlight[EmbedResult] = SingleFlight()
         self._crop_flight: SingleFlight[bool] = SingleFlight()
-        self._encodes = Lane("encoder", limits.encoder_slots, limits.max_queued_encodes, metrics)
-        self._decodes = Lane("decode", limits.decode_slots, limits.max_queued_encodes, metrics)
+        wait = limits.queue_full_wait
+        self._encodes = Lane(
+            "encoder", limits.encoder_slots, limits.max_queued_encodes, metrics, overflow_wait=wait
+        )
+        self._decodes = Lane(
+            "decode", limits.decode_slots, limits.max_queued_encodes, metrics, overflow_wait=wait
+        )
 
     def check_model(self, model: str) -> None:
         """Reject a request that names a model this service does not run."""

@@ -85,6 +85,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.admission_unit_seconds = Gauge(
+            "samserve_admission_unit_seconds",
+            "Moving average of the time one unit of a lane's work takes (its wait estimate).",
+            ["lane"],
+            registry=r,
+        )
         self.admission_refused = Counter(
             "samserve_admission_refused_total",
             "Jobs refused because a lane's queue was full (RESOURCE_EXHAUSTED with pushback).",

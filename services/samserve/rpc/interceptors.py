@@ -54,7 +54,9 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
 def log_failure(where: str, error: BaseException) -> tuple[grpc.StatusCode, str]:
     """Log ``error`` as its kind deserves and return its status (see :func:`status_of`)."""
     code, message = status_of(error)
-    if isinstance(error, SamServeError):
+    if isinstance(error, Overloaded):  # one line per refusal would itself load the server
+        log.debug("%s -> %s: %s", where, code.name, message)
+    elif isinstance(error, SamServeError):
         log.info("%s -> %s: %s", where, code.name, message)
     else:
         log.error("%s failed", where, exc_info=error)
