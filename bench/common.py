@@ -24,11 +24,12 @@ def percentile_ms(samples: Sequence[float], q: float) -> float:
 
 
 @contextmanager
-def samserve_up(*args: str) -> Iterator[dict[str, object]]:
-    """Run `samserve up ARGS` in a child process; yield its ready line; stop it cleanly."""
+def samserve_up(*args: str, wrap: Sequence[str] = ()) -> Iterator[dict[str, object]]:
+    """Run `samserve up ARGS` in a child process; yield its ready line (plus its ``pid``); stop
+    it cleanly. ``wrap`` is a command prefix (e.g. one that joins a cgroup, then execs)."""
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "samserve", "up", *args],
+            [*wrap, sys.executable, "-m", "samserve", "up", *args],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
@@ -41,7 +42,7 @@ def samserve_up(*args: str) -> Iterator[dict[str, object]]:
                 proc.wait(30)
                 log.seek(0)
                 raise RuntimeError("samserve up failed:\n" + log.read().decode())
-            yield json.loads(line)
+            yield {**json.loads(line), "pid": proc.pid}
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -12,7 +12,13 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from samserve.compose import start_decoder, start_embedding
-from samserve.config import Limits, ServerSettings, StoreSettings
+from samserve.config import (
+    DecoderSettings,
+    EmbedderSettings,
+    Limits,
+    ServerSettings,
+    StoreSettings,
+)
 from samserve.core.models import LoadedModel
 from samserve.rpc.server import RunningService, drain
 from samserve_client import AsyncSamClient, SamClient
@@ -31,10 +37,14 @@ class StackThread:
         ttl_seconds: int = 0,
         limits: Limits | None = None,
         store_dtype: str = "float16",
+        decoder: DecoderSettings | None = None,
+        embedder: EmbedderSettings | None = None,
     ) -> None:
         self.model = model
         self.store = StoreSettings(redis_url=redis_url, ttl_seconds=ttl_seconds, dtype=store_dtype)
         self.limits = limits or Limits()
+        self.decoder_settings = decoder
+        self.embedder_settings = embedder
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -51,11 +61,17 @@ class StackThread:
 
     def start_embedding(self) -> None:
         server = ServerSettings(port=0, metrics_port=0, grace=5)
-        self.embedding = self.call(start_embedding(self.model, self.store, self.limits, server))
+        self.embedding = self.call(
+            start_embedding(
+                self.model, self.store, self.limits, server, settings=self.embedder_settings
+            )
+        )
 
     def start_decoder(self) -> None:
         server = ServerSettings(port=0, metrics_port=0, grace=5)
-        self.decoder = self.call(start_decoder(self.model, self.store, self.limits, server))
+        self.decoder = self.call(
+            start_decoder(self.model, self.store, self.limits, server, self.decoder_settings)
+        )
 
     def stop_decoder(self, grace: float = 5.0) -> None:
         if self.decoder is not None:

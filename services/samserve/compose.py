@@ -10,9 +10,15 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from samserve.config import Limits, ServerSettings, StoreSettings
+from samserve.config import (
+    DecoderSettings,
+    EmbedderSettings,
+    Limits,
+    ServerSettings,
+    StoreSettings,
+)
 from samserve.core.decoder import Decoder
-from samserve.core.embedding import Embedder
+from samserve.core.embedding import Embedder, EmbedLimits
 from samserve.core.encoder import Encoder, LocalEncoder
 from samserve.core.errors import ConfigError
 from samserve.core.metrics import Metrics
@@ -23,6 +29,9 @@ from samserve.rpc import embedding as embedding_rpc
 from samserve.rpc.interceptors import ServiceInterceptor
 from samserve.rpc.server import RunningService, build_server
 from samserve_client.pb import decoder_pb2_grpc, embedding_pb2_grpc
+
+#: Encoder runs in flight at once on Triton by default: its dynamic batcher's max_batch_size.
+TRITON_ENCODER_SLOTS = 8
 
 
 def _store(settings: StoreSettings) -> RedisStore:
@@ -57,6 +66,7 @@ async def _serve(
             [register],
             [service_name],
             max_receive_bytes=limits.max_message_bytes,
+            max_send_bytes=limits.max_response_bytes + 1024 * 1024,
             interceptors=[ServiceInterceptor(metrics)],
         )
     except OSError as e:
@@ -94,19 +104,29 @@ async def start_embedding(
     limits: Limits,
     server_settings: ServerSettings,
     encoder: Encoder | None = None,
+    settings: EmbedderSettings | None = None,
 ) -> RunningService:
     """Start the embedding service (in-process encoder unless ``encoder`` is given)."""
+    settings = settings or EmbedderSettings()
     metrics = Metrics()
     store = _store(store_settings)
     enc = encoder if encoder is not None else LocalEncoder(model.sam)
+    local = isinstance(enc, LocalEncoder)
     embedder = Embedder(
         variant=model.variant,
         model_id=model.model_id,
         encoder=enc,
         store=store,
         metrics=metrics,
-        max_image_bytes=limits.max_image_bytes,
-        max_pixels=limits.max_pixels,
+        limits=EmbedLimits(
+            max_image_bytes=limits.max_image_bytes,
+            max_pixels=limits.max_pixels,
+            max_decode_bytes=settings.max_decode_bytes,
+            decode_slots=settings.decode_slots,
+            encoder_slots=settings.encoder_slots or (1 if local else TRITON_ENCODER_SLOTS),
+            max_queued_encodes=settings.max_queued_encodes,
+            queue_full_wait=limits.queue_full_wait,
+        ),
     )
     servicer = embedding_rpc.EmbeddingServicer(embedder, model)
     return await _serve(
@@ -127,8 +147,10 @@ async def start_decoder(
     store_settings: StoreSettings,
     limits: Limits,
     server_settings: ServerSettings,
+    settings: DecoderSettings | None = None,
 ) -> RunningService:
     """Start the decoder service."""
+    settings = settings or DecoderSettings()
     metrics = Metrics()
     store = _store(store_settings)
     decoder = Decoder(
@@ -137,9 +159,17 @@ async def start_decoder(
         sam=model.sam,
         store=store,
         metrics=metrics,
-        lru_entries=limits.lru_entries,
+        lru_entries=settings.lru_entries,
         max_prompts=limits.max_prompts,
         max_points=limits.max_points,
+        workers=settings.decoder_workers,
+        work_bytes=settings.work_bytes,
+        max_response_bytes=limits.max_response_bytes,
+        max_queued_prompts=settings.max_queued_prompts,
+        max_queued_everything=settings.max_queued_everything,
+        max_everything_work=settings.max_everything_work,
+        queue_full_wait=limits.queue_full_wait,
+        max_queue_seconds=settings.max_queue_seconds,
     )
     servicer = decoder_rpc.DecoderServicer(decoder)
     return await _serve(

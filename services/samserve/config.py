@@ -284,21 +284,94 @@ class Limits(Settings):
     title: ClassVar[str] = "limits"
     max_image_bytes: int = setting(32 * 1024 * 1024, "largest accepted image file, bytes")
     max_pixels: int = setting(
-        50_000_000, "largest accepted image, pixels (checked before decoding)"
+        50_000_000, "largest accepted image, pixels (checked from the header, before decoding)"
     )
     max_prompts: int = setting(64, "most prompts in one Segment call")
     max_points: int = setting(64, "most points in one prompt")
-    lru_entries: int = setting(32, "decoded embeddings a decoder keeps in memory (~14 MiB each)")
+    max_response_bytes: int = setting(
+        64 * 1024 * 1024,
+        "largest Segment answer, bytes (refused before any work when it is known to be over)",
+    )
+    queue_full_wait: float = setting(
+        0.2,
+        "seconds a call that finds its admission queue full waits for room before it is "
+        "refused (paces callers that retry at once)",
+    )
 
     def __post_init__(self) -> None:
-        for name in ("max_image_bytes", "max_pixels", "max_prompts", "max_points"):
+        for name in (
+            "max_image_bytes",
+            "max_pixels",
+            "max_prompts",
+            "max_points",
+            "max_response_bytes",
+        ):
             _check(getattr(self, name) > 0, Limits, name, "must be > 0")
-        _check(self.lru_entries >= 0, Limits, "lru_entries", "must be >= 0")
+        _check(0 <= self.queue_full_wait <= 10, Limits, "queue_full_wait", "must be 0..10")
 
     @property
     def max_message_bytes(self) -> int:
         """gRPC receive limit: one image plus room for the envelope."""
         return self.max_image_bytes + 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderSettings(Settings):
+    """How much the decoder service does at once, and in what memory."""
+
+    title: ClassVar[str] = "decoder"
+    decoder_workers: int = setting(2, "threads running the prompt encoder and mask decoder")
+    work_bytes: int = setting(
+        256 * 1024 * 1024,
+        "memory budget of one decoder job's full-resolution work (masks are upsampled and "
+        "encoded a few at a time within it), bytes",
+    )
+    lru_entries: int = setting(32, "decoded embeddings a decoder keeps in memory (~14 MiB each)")
+    max_queued_prompts: int = setting(
+        16, "prompts allowed to wait for a decoder thread; past it, RESOURCE_EXHAUSTED at once"
+    )
+    max_queue_seconds: float = setting(
+        0.3,
+        "longest expected wait for a decoder thread (queued prompts x a prompt's moving-average "
+        "time / threads); past it, RESOURCE_EXHAUSTED at once",
+    )
+    max_queued_everything: int = setting(
+        1, "SegmentEverything calls allowed to wait while one runs; past it, RESOURCE_EXHAUSTED"
+    )
+    max_everything_work: int = setting(
+        2 * 10**11,
+        "largest SegmentEverything: grid points x 3 masks x pixels of their crop, over all "
+        "crops (default admits a 32x32 grid with one crop layer on a 24 MP photo)",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("decoder_workers", "work_bytes", "max_everything_work", "max_queue_seconds"):
+            _check(getattr(self, name) > 0, DecoderSettings, name, "must be > 0")
+        for name in ("lru_entries", "max_queued_prompts", "max_queued_everything"):
+            _check(getattr(self, name) >= 0, DecoderSettings, name, "must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedderSettings(Settings):
+    """How much the embedding service decodes and encodes at once."""
+
+    title: ClassVar[str] = "embedder"
+    max_decode_bytes: int = setting(
+        1024 * 1024 * 1024, "memory one image decode may take (about 14 bytes a pixel), bytes"
+    )
+    decode_slots: int = setting(2, "image decodes running at once")
+    encoder_slots: int = setting(
+        0, "encoder runs in flight at once (0: 1 in process, 8 on Triton, which batches them)"
+    )
+    max_queued_encodes: int = setting(
+        8, "images allowed to wait for the encoder; past it, RESOURCE_EXHAUSTED at once"
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("max_decode_bytes", "decode_slots"):
+            _check(getattr(self, name) > 0, EmbedderSettings, name, "must be > 0")
+        for name in ("encoder_slots", "max_queued_encodes"):
+            _check(getattr(self, name) >= 0, EmbedderSettings, name, "must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)

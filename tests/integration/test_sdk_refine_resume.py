@@ -40,8 +40,8 @@ def aging_stack(
     in minutes rather than seconds)."""
     original = grpc_server.server_options
 
-    def options(max_receive_bytes: int) -> list[tuple[str, Any]]:
-        given = dict(original(max_receive_bytes))
+    def options(max_receive_bytes: int, max_send_bytes: int) -> list[tuple[str, Any]]:
+        given = dict(original(max_receive_bytes, max_send_bytes))
         given["grpc.max_connection_age_ms"] = AGE_MS
         given["grpc.max_connection_age_grace_ms"] = GRACE_MS
         return list(given.items())

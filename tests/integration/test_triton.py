@@ -179,7 +179,7 @@ def test_repository_configs(variant: str, tmp_path: Path) -> None:
 def test_error_mapping(status: str, message: str, expected: type[Exception]) -> None:
     """tritonclient's one exception type becomes our domain errors (as Triton 2.51 words them)."""
     encoder = TritonEncoder("127.0.0.1:1", "sam_image_encoder_tiny")
-    error = encoder._error(InferenceServerException(message, status))
+    error = encoder._error(InferenceServerException(message, status), encoder.timeout)
     assert type(error) is expected
 
 

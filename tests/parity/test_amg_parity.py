@@ -19,6 +19,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from segment_anything import SamAutomaticMaskGenerator
 
+from samserve.config import DecoderSettings
 from samserve.core.models import LoadedModel
 from samserve_client import SamClient
 from tests.conftest import png_bytes
@@ -45,11 +46,16 @@ class Case:
     measured: dict[str, Any] = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module", params=["tiny_trained", "tiny_random"])
+@pytest.fixture(
+    scope="module", params=["tiny_trained", "tiny_random", "tiny_trained-one-mask-at-a-time"]
+)
 def case(request, redis_server) -> Iterator[Case]:
-    model: LoadedModel = request.getfixturevalue(request.param)
+    """The ``one-mask-at-a-time`` case gives the decoder a 1-byte work budget, so every grid
+    point is decoded and every mask upsampled alone: the answer must not change."""
+    model: LoadedModel = request.getfixturevalue(request.param.split("-")[0])
     image = make_shapes_image(seed=3, height=160, width=240).image
-    stack = StackThread(model, redis_server.url, store_dtype="float32").start()
+    decoder = DecoderSettings(work_bytes=1) if "one-mask" in request.param else None
+    stack = StackThread(model, redis_server.url, store_dtype="float32", decoder=decoder).start()
     client = stack.client(timeout=600.0)
     c = Case(model, client, image, png_bytes(image))
     yield c

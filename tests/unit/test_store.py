@@ -62,3 +62,45 @@ def test_lru_is_bounded() -> None:
     assert lru.get("b") is None
     assert lru.get("a") == 1
     assert len(lru) == 2
+
+
+def _forge(header: object, payload: bytes = b"", *, raw_header: bytes | None = None) -> bytes:
+    """A value with a chosen header (and a matching checksum, so only the header is wrong)."""
+    import hashlib
+    import json
+    import struct
+
+    if isinstance(header, dict):
+        header = {**header, "sha256": hashlib.sha256(payload).hexdigest()}
+    body = raw_header if raw_header is not None else json.dumps(header).encode()
+    return struct.pack("<6sBI", b"SAMEMB", keys.LAYOUT_VERSION, len(body)) + body + payload
+
+
+GOOD = {"model_id": "m", "dtype": "float16", "shape": [256, 64, 64],
+        "original_size": [480, 640], "input_size": [768, 1024]}  # fmt: skip
+PAYLOAD = np.zeros((256, 64, 64), np.float16).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("the forged good value reads", None),
+        ("absurd original size", _forge({**GOOD, "original_size": [10**9, 10**9]}, PAYLOAD)),
+        ("zero original size", _forge({**GOOD, "original_size": [0, 640]}, PAYLOAD)),
+        ("input size that does not fit", _forge({**GOOD, "input_size": [1024, 1024]}, PAYLOAD)),
+        ("float sizes", _forge({**GOOD, "original_size": [480.0, 640.0]}, PAYLOAD)),
+        ("huge shape", _forge({**GOOD, "shape": [2**32, 2**32, 64]}, PAYLOAD)),
+        ("other shape", _forge({**GOOD, "shape": [256, 32, 128]}, PAYLOAD)),
+        ("payload shorter than its shape", _forge(GOOD, PAYLOAD[:100])),
+        ("unknown dtype", _forge({**GOOD, "dtype": "int8"}, PAYLOAD)),
+        ("header a list", _forge([1, 2, 3], PAYLOAD)),
+        ("header deeply nested", _forge(None, PAYLOAD, raw_header=b"[" * 100_000)),
+        ("header over its size limit", _forge(None, PAYLOAD, raw_header=b" " * 5000)),
+        ("header length past the value", _forge(None, b"", raw_header=b"{}")[:-1]),
+    ],
+)
+def test_hostile_stored_values_are_misses(name: str, value: bytes | None) -> None:
+    if value is None:
+        assert deserialize(_forge(GOOD, PAYLOAD), "m") is not None, name
+    else:
+        assert deserialize(value, "m") is None, name

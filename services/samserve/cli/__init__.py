@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 
 from samserve.config import (
     SERVICE_PORTS,
+    DecoderSettings,
+    EmbedderSettings,
     EncoderSettings,
     Limits,
     LogSettings,
@@ -50,6 +52,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     ModelSettings.add_cli_args(up, env)
     StoreSettings.add_cli_args(up, env, defaults={"redis_url": None})
     Limits.add_cli_args(up, env)
+    DecoderSettings.add_cli_args(up, env)
+    EmbedderSettings.add_cli_args(up, env)
     EncoderSettings.add_cli_args(up, env)
     PrivateTritonSettings.add_cli_args(up, env)
     ServerSettings.add_cli_args(
@@ -64,7 +68,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         Limits.add_cli_args(p, env)
         ServerSettings.add_cli_args(p, env, defaults=ports)
         if name == "embedding":
+            EmbedderSettings.add_cli_args(p, env)
             EncoderSettings.add_cli_args(p, env)
+        else:
+            DecoderSettings.add_cli_args(p, env)
 
     client_cli.register(sub, env)
 

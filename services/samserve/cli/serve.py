@@ -7,7 +7,15 @@ import asyncio
 import logging
 
 from samserve.compose import start_decoder, start_embedding
-from samserve.config import EncoderSettings, Limits, ModelSettings, ServerSettings, StoreSettings
+from samserve.config import (
+    DecoderSettings,
+    EmbedderSettings,
+    EncoderSettings,
+    Limits,
+    ModelSettings,
+    ServerSettings,
+    StoreSettings,
+)
 from samserve.core.encoder import Encoder
 from samserve.core.errors import ConfigError, InvalidInput
 from samserve.core.models import SHIPPED_TINY, LoadedModel, load_model
@@ -63,9 +71,11 @@ async def serve(ns: argparse.Namespace) -> None:
             if enc.kind == "triton" and enc.triton_url
             else None
         )
-        service = await start_embedding(model, store, limits, server, encoder)
+        service = await start_embedding(
+            model, store, limits, server, encoder, EmbedderSettings.from_args(ns)
+        )
     else:
-        service = await start_decoder(model, store, limits, server)
+        service = await start_decoder(model, store, limits, server, DecoderSettings.from_args(ns))
     log.info("%s serving on %s, metrics %s", service.name, service.address, service.metrics_url)
     try:
         await wait_for_signal()

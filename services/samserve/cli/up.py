@@ -13,6 +13,8 @@ from typing import Any
 from samserve.cli.serve import load, resolved_checkpoint, triton_encoder
 from samserve.compose import start_decoder, start_embedding
 from samserve.config import (
+    DecoderSettings,
+    EmbedderSettings,
     EncoderSettings,
     Limits,
     ModelSettings,
@@ -115,9 +117,15 @@ async def up(ns: argparse.Namespace) -> None:
         services: list[RunningService] = []
         stack.push_async_callback(drain, services, server.grace)
         emb_settings = ports.server("embedding", server.host, server.grace)
-        services.append(await start_embedding(model, store, limits, emb_settings, encoder))
+        services.append(
+            await start_embedding(
+                model, store, limits, emb_settings, encoder, EmbedderSettings.from_args(ns)
+            )
+        )
         dec_settings = ports.server("decoder", server.host, server.grace)
-        services.append(await start_decoder(model, store, limits, dec_settings))
+        services.append(
+            await start_decoder(model, store, limits, dec_settings, DecoderSettings.from_args(ns))
+        )
         emb, dec = services
         sys.stdout.write(_ready_line(emb, dec, redis_url, model, extra) + "\n")
         sys.stdout.flush()

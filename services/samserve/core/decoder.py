@@ -10,10 +10,14 @@ the mask decoder once per image (``core/prefix.py``), instead of once per call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,7 +25,10 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from samserve.core import amg, keys
-from samserve.core.errors import InvalidInput, NotFound, ResourceExhausted
+from samserve.core.admission import Lane
+from samserve.core.coalesce import SingleFlight
+from samserve.core.errors import InvalidInput, NotFound, ResourceExhausted, Unavailable
+from samserve.core.fullres import Cancel, upscaled
 from samserve.core.masks import Polygon, encode_coco_rle, encode_polygons, pack_bitmask
 from samserve.core.metrics import Metrics
 from samserve.core.models import check_requested_model
@@ -30,6 +37,12 @@ from samserve.core.prefix import decode as prefix_decode
 from samserve.core.store import EmbeddingStore, LruCache
 
 LOW_RES = 256
+#: Default memory budget of one job's full-resolution work, bytes.
+DEFAULT_WORK_BYTES = 256 * 1024 * 1024
+#: How often an entry answered from the LRU has its Redis TTL started again, seconds.
+TOUCH_INTERVAL_S = 60.0
+
+T = TypeVar("T")
 
 
 class MaskEncoding(Enum):
@@ -73,6 +86,13 @@ class EncodedPrediction:
     masks: list[bytes] | list[list[Polygon]]
     scores: np.ndarray
     low_res_logits: np.ndarray | None
+
+    def nbytes(self) -> int:
+        """About what this prediction takes in a response."""
+        size = sum(
+            len(m) if isinstance(m, bytes) else sum(p.xy.size * 4 for p in m) for m in self.masks
+        )
+        return size + (0 if self.low_res_logits is None else self.low_res_logits.nbytes)
 
 
 def validate_prompt(p: PromptSpec, index: int, max_points: int) -> None:
@@ -133,8 +153,10 @@ def predict(
     loaded: ReadyEmbedding,
     prompt: PromptSpec,
     multimask_output: bool,
+    work_bytes: int = DEFAULT_WORK_BYTES,
 ) -> Prediction:
-    """``SamPredictor.predict`` for one prompt over a loaded embedding."""
+    """``SamPredictor.predict`` for one prompt over a loaded embedding (masks upsampled a few
+    at a time, within ``work_bytes``)."""
     transform = ResizeLongestSide(sam.image_encoder.img_size)
     points = None
     if prompt.points is not None and prompt.labels is not None:
@@ -162,15 +184,31 @@ def predict(
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
             )
-        masks = sam.postprocess_masks(low_res, loaded.input_size, loaded.original_size)
-        masks = masks > sam.mask_threshold
-    return Prediction(
-        masks=masks[0].numpy(), scores=iou[0].numpy(), low_res_logits=low_res[0].numpy()
-    )
+        h, w = loaded.original_size
+        masks = np.empty((low_res.shape[1], h, w), dtype=bool)
+        pieces = upscaled(sam, low_res[0], loaded.input_size, loaded.original_size, work_bytes)
+        for start, logits in pieces:
+            masks[start : start + len(logits)] = (logits > sam.mask_threshold).numpy()
+    return Prediction(masks=masks, scores=iou[0].numpy(), low_res_logits=low_res[0].numpy())
+
+
+def response_bytes(
+    prompts: int, masks_per_prompt: int, size: tuple[int, int], return_low_res_logits: bool
+) -> int:
+    """Bytes of a Segment answer with packed-bitmask masks (the logits are float32)."""
+    per_mask = (size[0] * size[1] + 7) // 8
+    if return_low_res_logits:
+        per_mask += LOW_RES * LOW_RES * 4
+    return prompts * masks_per_prompt * per_mask
 
 
 class Decoder:
     """Answers prompt queries for one model from stored embeddings.
+
+    Work runs on ``workers`` threads behind two admission lanes: ``prompts`` (Segment and
+    Refine steps, cost = prompts; at most ``max_queued_prompts`` waiting) and ``everything``
+    (one segment-everything generation at a time, at most ``max_queued_everything`` waiting,
+    whose batches then take prompt slots in turn so they never starve interactive calls).
 
     Args:
         variant: the model variant served.
@@ -178,10 +216,17 @@ class Decoder:
         sam: the model (only its prompt encoder and mask decoder run here).
         store: the shared embedding store.
         metrics: metrics sink.
-        lru_entries: embeddings kept decoded in process (about 14 MiB each).
+        lru_entries: embeddings kept ready in process (about 14 MiB each).
         max_prompts: most prompts in one request.
         max_points: most points in one prompt.
         workers: threads running the decoder.
+        work_bytes: memory budget of one job's full-resolution work.
+        max_response_bytes: largest Segment answer.
+        max_queued_prompts: prompts allowed to wait for a worker.
+        max_queued_everything: segment-everything calls allowed to wait for their turn.
+        max_everything_work: largest segment-everything work (see :func:`amg.check_work`).
+        queue_full_wait: seconds a call that finds the prompt queue full waits for room.
+        max_queue_seconds: longest expected wait for a decoder thread before a refusal.
     """
 
     def __init__(
@@ -196,6 +241,13 @@ class Decoder:
         max_prompts: int = 64,
         max_points: int = 64,
         workers: int = 2,
+        work_bytes: int = DEFAULT_WORK_BYTES,
+        max_response_bytes: int = 64 * 1024 * 1024,
+        max_queued_prompts: int = 16,
+        max_queued_everything: int = 1,
+        max_everything_work: int = 2 * 10**11,
+        queue_full_wait: float = 0.0,
+        max_queue_seconds: float = float("inf"),
     ) -> None:
         self.variant = variant
         self.model_id = model_id
@@ -204,10 +256,24 @@ class Decoder:
         self.metrics = metrics
         self.max_prompts = max_prompts
         self.max_points = max_points
+        self.work_bytes = work_bytes
+        self.max_response_bytes = max_response_bytes
+        self.max_everything_work = max_everything_work
         self._lru: LruCache[str, ReadyEmbedding] = LruCache(lru_entries)
+        self._loads: SingleFlight[ReadyEmbedding | None] = SingleFlight()
+        self._touched: dict[str, float] = {}
         with torch.inference_mode():
             self._dense_pe = sam.prompt_encoder.get_dense_pe()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decoder")
+        self.prompts = Lane(
+            "decoder",
+            workers,
+            max_queued_prompts,
+            metrics,
+            overflow_wait=queue_full_wait,
+            max_wait=max_queue_seconds,
+        )
+        self.everything = Lane("everything", 1, max_queued_everything, metrics)
 
     def check_model(self, model: str) -> None:
         """Reject a request that names a model this service does not run."""
@@ -219,7 +285,7 @@ class Decoder:
         Raises:
             InvalidInput: ``image_id`` is not a hex sha256.
             NotFound: nothing stored for it under this model.
-            Unavailable: Redis unreachable.
+            Unavailable: Redis unreachable (and the embedding not in the LRU).
         """
         if not keys.is_image_id(image_id):
             raise InvalidInput("image_id: expected a lowercase hex sha256 (64 characters)")
@@ -228,13 +294,20 @@ class Decoder:
             raise NotFound(f"image_id: no embedding stored for {image_id} under {self.model_id}")
         return loaded
 
-    async def _load_stored(self, image_id: str) -> ReadyEmbedding | None:
-        key = keys.embedding_key(self.model_id, image_id)
+    async def _load_stored(self, store_id: str) -> ReadyEmbedding | None:
+        """From the LRU, else from Redis; concurrent misses of one entry share one GET and one
+        prefix build."""
+        key = keys.embedding_key(self.model_id, store_id)
         loaded = self._lru.get(key)
         self.metrics.cache.labels("lru", "hit" if loaded is not None else "miss").inc()
         if loaded is not None:
+            await self._touch(key, store_id)
             return loaded
-        emb = await self.store.get(self.model_id, image_id)
+        result, _ = await self._loads.run(key, lambda: self._fetch(key, store_id))
+        return result
+
+    async def _fetch(self, key: str, store_id: str) -> ReadyEmbedding | None:
+        emb = await self.store.get(self.model_id, store_id)
         self.metrics.cache.labels("redis", "hit" if emb is not None else "miss").inc()
         if emb is None:
             return None
@@ -249,7 +322,33 @@ class Decoder:
             emb.input_size,
         )
         self._lru.put(key, fresh)
+        self._touched[key] = time.monotonic()
         return fresh
+
+    async def _touch(self, key: str, store_id: str) -> None:
+        """Keep an entry the LRU answers from alive in Redis too (at most once a minute)."""
+        now = time.monotonic()
+        if now - self._touched.get(key, 0.0) < TOUCH_INTERVAL_S:
+            return
+        self._touched[key] = now
+        if len(self._touched) > 4 * max(self._lru.capacity, 1):
+            self._touched = {k: t for k, t in self._touched.items() if now - t < TOUCH_INTERVAL_S}
+        with contextlib.suppress(Unavailable):  # the LRU still answers while Redis is away
+            await self.store.touch(self.model_id, store_id)
+
+    async def _in_pool(
+        self, fn: Callable[..., T], *args: Any, cost: int = 1, bounded: bool = True
+    ) -> T:
+        """Run ``fn(*args, cancel)`` on a decoder thread once the prompt lane admits it; if the
+        caller leaves, ``cancel`` tells the thread to stop at its next piece."""
+        cancel = Cancel()
+        async with self.prompts.admit(cost, bounded=bounded):
+            loop = asyncio.get_running_loop()
+            try:
+                return await loop.run_in_executor(self._pool, functools.partial(fn, *args, cancel))
+            except asyncio.CancelledError:
+                cancel.set()
+                raise
 
     async def segment(
         self,
@@ -265,6 +364,11 @@ class Decoder:
 
         Returns:
             The original (H, W) and one encoded prediction per prompt, in order.
+
+        Raises:
+            ResourceExhausted: too many prompts or points, an answer over the response limit
+                (refused before any work for packed bitmasks, as soon as it is known for other
+                encodings), or the prompt lane's queue is full (:class:`Overloaded`).
         """
         self.check_model(model)
         if not prompts:
@@ -274,28 +378,44 @@ class Decoder:
         for i, p in enumerate(prompts):
             validate_prompt(p, i, self.max_points)
         loaded = await self.load(image_id)
-        loop = asyncio.get_running_loop()
+        if encoding is MaskEncoding.BITMASK:
+            self._check_response(
+                response_bytes(
+                    len(prompts), 3 if multimask_output else 1, loaded.original_size,
+                    return_low_res_logits,
+                )
+            )  # fmt: skip
         start = time.perf_counter()
-        out = await loop.run_in_executor(
-            self._pool,
+        out = await self._in_pool(
             self._run,
             loaded,
             prompts,
             multimask_output,
             encoding,
             return_low_res_logits,
+            cost=len(prompts),
         )
         self.metrics.decoder_seconds.observe(time.perf_counter() - start)
         return loaded.original_size, out
+
+    def _check_response(self, size: int) -> None:
+        if size > self.max_response_bytes:
+            raise ResourceExhausted(
+                f"prompts: the answer would be {size} bytes, over the limit of "
+                f"{self.max_response_bytes} (fewer prompts, single-mask output, no logits, or "
+                "a compact mask_encoding)"
+            )
 
     async def predict(
         self, loaded: ReadyEmbedding, prompt: PromptSpec, multimask_output: bool
     ) -> Prediction:
         """One validated prompt against a ready embedding, on the decoder threads."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool, predict, self.sam, self._dense_pe, loaded, prompt, multimask_output
-        )
+        return await self._in_pool(self._predict_one, loaded, prompt, multimask_output)
+
+    def _predict_one(
+        self, loaded: ReadyEmbedding, prompt: PromptSpec, multimask_output: bool, cancel: Cancel
+    ) -> Prediction:
+        return predict(self.sam, self._dense_pe, loaded, prompt, multimask_output, self.work_bytes)
 
     def _run(
         self,
@@ -304,11 +424,17 @@ class Decoder:
         multimask_output: bool,
         encoding: MaskEncoding,
         return_low_res_logits: bool,
+        cancel: Cancel,
     ) -> list[EncodedPrediction]:
         out = []
+        size = 0
         for p in prompts:
-            pred = predict(self.sam, self._dense_pe, loaded, p, multimask_output)
-            out.append(encode_prediction(pred, encoding, return_low_res_logits))
+            cancel.check()
+            pred = predict(self.sam, self._dense_pe, loaded, p, multimask_output, self.work_bytes)
+            encoded = encode_prediction(pred, encoding, return_low_res_logits)
+            size += encoded.nbytes()
+            self._check_response(size)
+            out.append(encoded)
         return out
 
     async def segment_everything(
@@ -316,12 +442,17 @@ class Decoder:
     ) -> tuple[tuple[int, int], list[amg.AmgRecord]]:
         """``SamAutomaticMaskGenerator(**params).generate`` on the stored image ``image_id``.
 
+        The generation runs as a sequence of jobs (one batch of grid points, or one crop's NMS,
+        each within ``work_bytes``); it stops between jobs, and inside a job between pieces, when
+        the caller cancels or its deadline passes.
+
         Returns:
             The original (H, W) and the records in ``generate()`` order.
 
         Raises:
             InvalidInput: a bad parameter or image id.
-            ResourceExhausted: parameters over the service limits.
+            ResourceExhausted: parameters or work over the service limits, or another
+                generation already waiting (:class:`Overloaded`).
             NotFound: the image, or one of its crops (``crop_n_layers >= 1``; EmbedCrops stores
                 them), has no stored embedding.
         """
@@ -331,6 +462,7 @@ class Decoder:
         boxes, layers = amg.crop_boxes(
             whole.original_size, params.crop_n_layers, params.crop_overlap_ratio
         )
+        amg.check_work(params, boxes, layers, self.max_everything_work)
         crops: list[tuple[list[int], int, ReadyEmbedding]] = []
         missing = 0
         for box, layer in zip(boxes, layers, strict=True):
@@ -345,11 +477,12 @@ class Decoder:
                 f"image_id: {missing} of {len(boxes)} crop embeddings of {image_id} are not "
                 "stored (EmbedCrops stores them)"
             )
-        loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        records = await loop.run_in_executor(
-            self._pool, amg.generate, self.sam, params, whole.original_size, crops
-        )
+        async with self.everything.admit():
+            run = amg.EverythingRun(self.sam, params, whole.original_size, crops, self.work_bytes)
+            for job in run.jobs():
+                await self._in_pool(job, bounded=False)
+            records = await self._in_pool(run.finish, bounded=False)
         self.metrics.decoder_seconds.observe(time.perf_counter() - start)
         return whole.original_size, records
 

@@ -22,7 +22,10 @@ from samserve.core.store import Embedding
 class Encoder(Protocol):
     """Turns a resized uint8 RGB image into a (256, 64, 64) float32 embedding."""
 
-    async def encode(self, input_image: np.ndarray) -> np.ndarray: ...
+    async def encode(self, input_image: np.ndarray, timeout: float | None = None) -> np.ndarray:
+        """Embed one image; ``timeout`` is what remains of the caller's deadline (None: the
+        encoder's own limit)."""
+        ...
 
     async def ready(self) -> bool: ...
 
@@ -52,7 +55,8 @@ class LocalEncoder:
         # One worker: torch already uses every core for one image; more would only thrash.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
 
-    async def encode(self, input_image: np.ndarray) -> np.ndarray:
+    async def encode(self, input_image: np.ndarray, timeout: float | None = None) -> np.ndarray:
+        # A run in progress cannot be stopped; the caller's deadline is checked before it.
         loop = asyncio.get_running_loop()
         features: np.ndarray = await loop.run_in_executor(
             self._pool, encode_in_process, self.sam, input_image

@@ -60,6 +60,43 @@ class Metrics:
             "Embed calls answered by another call's encoder run for the same image.",
             registry=r,
         )
+        self.admission_slots = Gauge(
+            "samserve_admission_slots",
+            "Jobs an admission lane runs at once.",
+            ["lane"],
+            registry=r,
+        )
+        self.admission_running = Gauge(
+            "samserve_admission_running",
+            "Jobs running in an admission lane.",
+            ["lane"],
+            registry=r,
+        )
+        self.admission_queued = Gauge(
+            "samserve_admission_queued",
+            "Cost waiting in an admission lane (prompts for the decoder, images for the encoder).",
+            ["lane"],
+            registry=r,
+        )
+        self.admission_wait = Histogram(
+            "samserve_admission_wait_seconds",
+            "Time admitted jobs waited for a slot.",
+            ["lane"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.admission_unit_seconds = Gauge(
+            "samserve_admission_unit_seconds",
+            "Moving average of the time one unit of a lane's work takes (its wait estimate).",
+            ["lane"],
+            registry=r,
+        )
+        self.admission_refused = Counter(
+            "samserve_admission_refused_total",
+            "Jobs refused because a lane's queue was full (RESOURCE_EXHAUSTED with pushback).",
+            ["lane"],
+            registry=r,
+        )
         self.redis_up = Gauge(
             "samserve_redis_up", "1 when the embedding store answers pings.", registry=r
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from samserve.core import keys
 from samserve.core.errors import Unavailable
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+#: The encoder's input side (every SAM 1 variant).
+IMG_SIZE = 1024
 
 _MAGIC = b"SAMEMB"
 _HEAD = struct.Struct("<6sBI")
@@ -71,27 +76,55 @@ def serialize(emb: Embedding, model_id: str, dtype: str = "float16") -> bytes:
     return _HEAD.pack(_MAGIC, keys.LAYOUT_VERSION, len(header)) + header + raw
 
 
+#: Largest header a reader accepts (a real one is ~300 bytes).
+MAX_HEADER_BYTES = 4096
+#: The one shape a stored SAM 1 embedding has.
+EMBEDDING_SHAPE = (256, 64, 64)
+#: Largest original side a reader accepts (the services cap images at tens of megapixels).
+MAX_SIDE = 1 << 16
+
+
+def _pair(value: object) -> tuple[int, int]:
+    """Two positive ints from a JSON list, or ValueError."""
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ValueError(f"expected [h, w], got {value!r}")
+    h, w = value
+    if not all(type(v) is int and 1 <= v <= MAX_SIDE for v in (h, w)):
+        raise ValueError(f"expected two sides in 1..{MAX_SIDE}, got {value!r}")
+    return h, w
+
+
 def deserialize(value: bytes, model_id: str) -> Embedding | None:
-    """The embedding in ``value``, or None when anything in it does not match or check out."""
+    """The embedding in ``value``, or None when anything in it does not match or check out.
+
+    A reader trusts nothing it reads: the header's size, type and nesting, the shape, the
+    geometry (the input size must be what ``ResizeLongestSide(1024)`` makes of the original)
+    and the payload's length and checksum are all checked before an array is made, so a
+    corrupted or hostile entry is a miss, never an error or a large allocation.
+    """
     try:
         magic, version, hlen = _HEAD.unpack_from(value)
-        if magic != _MAGIC or version != keys.LAYOUT_VERSION:
+        if magic != _MAGIC or version != keys.LAYOUT_VERSION or hlen > MAX_HEADER_BYTES:
             return None
         header = json.loads(value[_HEAD.size : _HEAD.size + hlen])
+        if not isinstance(header, dict) or header.get("model_id") != model_id:
+            return None
+        dtype = np.dtype(_DTYPES[header["dtype"]]).newbyteorder("<")
+        if header["shape"] != list(EMBEDDING_SHAPE):
+            return None
+        original, input_size = _pair(header["original_size"]), _pair(header["input_size"])
+        if input_size != ResizeLongestSide.get_preprocess_shape(*original, IMG_SIZE):
+            return None
         raw = value[_HEAD.size + hlen :]
-        dtype = _DTYPES[header["dtype"]]
-        shape = tuple(int(s) for s in header["shape"])
-        if header["model_id"] != model_id or len(shape) != 3 or shape[0] != 256:
+        if len(raw) != math.prod(EMBEDDING_SHAPE) * dtype.itemsize:
             return None
         if hashlib.sha256(raw).hexdigest() != header["sha256"]:
             return None
-        features = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
-        oh, ow = (int(v) for v in header["original_size"])
-        ih, iw = (int(v) for v in header["input_size"])
-    except (struct.error, ValueError, KeyError, TypeError) as e:
+    except (struct.error, ValueError, KeyError, TypeError, RecursionError) as e:
         log.warning("unreadable embedding entry for model %s: %s", model_id, e)
         return None
-    return Embedding(features=features, original_size=(oh, ow), input_size=(ih, iw))
+    features = np.frombuffer(raw, dtype=dtype).reshape(EMBEDDING_SHAPE)
+    return Embedding(features=features, original_size=original, input_size=input_size)
 
 
 class EmbeddingStore(Protocol):
@@ -100,6 +133,8 @@ class EmbeddingStore(Protocol):
     async def get(self, model_id: str, image_id: str) -> Embedding | None: ...
 
     async def put(self, model_id: str, image_id: str, emb: Embedding) -> None: ...
+
+    async def touch(self, model_id: str, image_id: str) -> None: ...
 
     async def ping(self) -> bool: ...
 
@@ -134,8 +169,14 @@ class RedisStore:
         )
 
     async def get(self, model_id: str, image_id: str) -> Embedding | None:
+        """The stored embedding, or None; a hit's TTL starts again (GETEX), so an image in
+        active use does not expire in the middle of a session."""
+        key = keys.embedding_key(model_id, image_id)
         try:
-            value = await self._redis.get(keys.embedding_key(model_id, image_id))
+            if self.ttl_seconds:
+                value = await self._redis.getex(key, ex=self.ttl_seconds)
+            else:
+                value = await self._redis.get(key)
         except RedisError as e:
             raise Unavailable("embedding store unreachable") from e
         if not isinstance(value, bytes):  # None: a miss (the client never decodes to str)
@@ -148,6 +189,15 @@ class RedisStore:
             await self._redis.set(
                 keys.embedding_key(model_id, image_id), value, ex=self.ttl_seconds or None
             )
+        except RedisError as e:
+            raise Unavailable("embedding store unreachable") from e
+
+    async def touch(self, model_id: str, image_id: str) -> None:
+        """Start the entry's TTL again (for reads answered from an in-process cache)."""
+        if not self.ttl_seconds:
+            return
+        try:
+            await self._redis.expire(keys.embedding_key(model_id, image_id), self.ttl_seconds)
         except RedisError as e:
             raise Unavailable("embedding store unreachable") from e
 

@@ -86,12 +86,15 @@ class TritonEncoder:
             )
         return self._client
 
-    async def encode(self, input_image: np.ndarray) -> np.ndarray:
+    async def encode(self, input_image: np.ndarray, timeout: float | None = None) -> np.ndarray:
         """Embed one image.
 
         Args:
             input_image: (h, w, 3) uint8 RGB with 1 <= h, w <= 1024: the output of
                 ``ResizeLongestSide(1024).apply_image`` (or any smaller crop of that form).
+            timeout: what remains of the caller's deadline, seconds; the request's deadline and
+                Triton's queue timeout are the smaller of it and this encoder's ``timeout``, so
+                Triton drops work nobody waits for any more.
 
         Returns:
             (256, 64, 64) float32, as ``SamPredictor.features[0]``.
@@ -120,16 +123,17 @@ class TritonEncoder:
         image.set_data_from_numpy(padded)
         size = InferInput("IMAGE_SIZE", [1, 2], "INT32")
         size.set_data_from_numpy(np.array([[h, w]], np.int32))
+        limit = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
         try:
             result = await self._get_client().infer(
                 self.model_name,
                 [image, size],
                 outputs=[InferRequestedOutput("EMBEDDING")],
-                client_timeout=self.timeout,
-                timeout=int(self.timeout * 1_000_000),  # Triton's queue timeout, microseconds
+                client_timeout=limit,
+                timeout=max(1, int(limit * 1_000_000)),  # Triton's queue timeout, microseconds
             )
         except InferenceServerException as e:
-            raise self._error(e) from e
+            raise self._error(e, limit) from e
         features = result.as_numpy("EMBEDDING")
         if features is None or features.shape != (1, *EMBEDDING_SHAPE):
             got = None if features is None else features.shape
@@ -156,7 +160,7 @@ class TritonEncoder:
             client, self._client = self._client, None
             await client.close()
 
-    def _error(self, e: InferenceServerException) -> Exception:
+    def _error(self, e: InferenceServerException, limit: float) -> Exception:
         """Map tritonclient's one exception type (status is a string) onto domain errors."""
         status = str(e.status() or "")
         message = str(e.message() or "")
@@ -166,7 +170,7 @@ class TritonEncoder:
             # Triton rejects a request still queued after its timeout with UNAVAILABLE.
             status == "StatusCode.UNAVAILABLE" and "timeout" in lowered
         ):
-            return DeadlineExceeded(f"image encoder: no result within {self.timeout:g}s")
+            return DeadlineExceeded(f"image encoder: no result within {limit:g}s")
         if "queue" in lowered and ("exceed" in lowered or "full" in lowered):
             return Unavailable("image encoder overloaded (Triton queue full); retry later")
         if status == "StatusCode.UNAVAILABLE":

@@ -6,6 +6,7 @@ import logging
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -29,8 +30,19 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @classmethod
-    def start(cls, port: int = 0, *, timeout: float = 10.0, attempts: int = 3) -> RedisProcess:
-        """Start redis-server (port 0 picks a free one) and wait until it answers PING."""
+    def start(
+        cls,
+        port: int = 0,
+        *,
+        timeout: float = 10.0,
+        attempts: int = 3,
+        extra_args: Sequence[str] = (),
+    ) -> RedisProcess:
+        """Start redis-server (port 0 picks a free one) and wait until it answers PING.
+
+        ``extra_args`` are more redis-server options (later ones win, e.g. ``--appendonly
+        yes --dir D`` for a persistent one in tests).
+        """
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -43,7 +55,8 @@ class RedisProcess:
             proc = subprocess.Popen(
                 dies_with_parent(
                     [binary, "--port", str(p), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"]
+                     "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning",
+                     *extra_args]
                 ),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,

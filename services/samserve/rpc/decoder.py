@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import AsyncIterator
 
 import grpc
@@ -24,14 +25,24 @@ _ENCODINGS = {
 }
 
 
+#: Most dimensions a tensor in a request may have (a mask input has 2 or 3).
+MAX_TENSOR_DIMS = 4
+
+
 def tensor_from_proto(msg: common_pb2.Tensor, field: str) -> np.ndarray:
-    """A float32 array from a Tensor message, checking that its bytes fit its shape."""
+    """A float32 array from a Tensor message, checking its shape before touching its bytes.
+
+    The element count is computed with Python integers (no overflow, whatever the shape) and
+    must match the bytes sent, so no shape can make the server allocate more than it received.
+    """
     dtypes = {common_pb2.D_TYPE_FLOAT32: "<f4", common_pb2.D_TYPE_FLOAT16: "<f2"}
     if msg.dtype not in dtypes:
         raise InvalidInput(f"{field}.dtype: must be FLOAT32 or FLOAT16")
+    if len(msg.shape) > MAX_TENSOR_DIMS:
+        raise InvalidInput(f"{field}.shape: {len(msg.shape)} dimensions, at most {MAX_TENSOR_DIMS}")
     dtype = np.dtype(dtypes[msg.dtype])
     shape = tuple(int(s) for s in msg.shape)
-    if any(s < 0 for s in shape) or int(np.prod(shape)) * dtype.itemsize != len(msg.data):
+    if any(s < 0 for s in shape) or math.prod(shape) * dtype.itemsize != len(msg.data):
         raise InvalidInput(f"{field}: {len(msg.data)} bytes do not fit shape {shape}")
     return np.frombuffer(msg.data, dtype=dtype).reshape(shape).astype(np.float32)
 

@@ -9,7 +9,7 @@ import grpc
 from samserve.core.amg import AmgParams
 from samserve.core.embedding import Embedder, EmbedResult
 from samserve.core.models import LoadedModel
-from samserve.rpc.interceptors import log_failure
+from samserve.rpc.interceptors import deadline_of, log_failure
 from samserve_client.pb import embedding_pb2, embedding_pb2_grpc
 
 SERVICE = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
@@ -37,7 +37,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.EmbedResponse:
         """Embed: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE."""
-        result = await self.embedder.embed(request.image, request.model)
+        result = await self.embedder.embed(request.image, request.model, deadline_of(context))
         return _response(result, self.embedder.model_id)
 
     async def EmbedStream(  # noqa: N802
@@ -48,7 +48,9 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         """EmbedStream: one item per image, each with its own status (the stream goes on)."""
         async for item in request_iterator:
             try:
-                result = await self.embedder.embed(item.request.image, item.request.model)
+                result = await self.embedder.embed(
+                    item.request.image, item.request.model, deadline_of(context)
+                )
             except Exception as e:  # this item's status travels in the item; the stream goes on
                 code, message = log_failure(f"{SERVICE}/EmbedStream", e)
                 yield embedding_pb2.EmbedStreamResponse(code=code.value[0], message=message)
@@ -67,7 +69,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             else AmgParams().crop_overlap_ratio
         )
         r = await self.embedder.embed_crops(
-            request.image, request.crop_n_layers, overlap, request.model
+            request.image, request.crop_n_layers, overlap, request.model, deadline_of(context)
         )
         return embedding_pb2.EmbedCropsResponse(
             image_id=r.image_id,

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from samserve.core.admission import Overloaded
 from samserve.core.errors import SamServeError
 from samserve.core.metrics import Metrics
 
@@ -22,6 +23,25 @@ log = logging.getLogger(__name__)
 
 #: Services whose calls the interceptor handles (health and reflection pass through).
 _PREFIX = "/samserve."
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline as ``time.monotonic()`` (None when it set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+#: gRPC's retry pushback trailer: how long a client's retry policy waits before it retries.
+PUSHBACK = "grpc-retry-pushback-ms"
+
+
+def pushback_ms(error: BaseException) -> str:
+    """The pushback for a RESOURCE_EXHAUSTED answer: the overload's retry hint (at least 1 ms:
+    gRPC clients have been seen to hang on 0), or -1 (never retry) for a request over a size
+    limit, which no retry can fix."""
+    if isinstance(error, Overloaded):
+        return str(max(1, round(error.retry_after * 1000)))
+    return "-1"
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -34,7 +54,9 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
 def log_failure(where: str, error: BaseException) -> tuple[grpc.StatusCode, str]:
     """Log ``error`` as its kind deserves and return its status (see :func:`status_of`)."""
     code, message = status_of(error)
-    if isinstance(error, SamServeError):
+    if isinstance(error, Overloaded):  # one line per refusal would itself load the server
+        log.debug("%s -> %s: %s", where, code.name, message)
+    elif isinstance(error, SamServeError):
         log.info("%s -> %s: %s", where, code.name, message)
     else:
         log.error("%s failed", where, exc_info=error)
@@ -58,6 +80,8 @@ class _Call:
             self.code = context.code() or grpc.StatusCode.UNKNOWN
             raise error
         self.code, message = log_failure(self.where, error)
+        if self.code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            context.set_trailing_metadata(((PUSHBACK, pushback_ms(error)),))
         await context.abort(self.code, message)
         raise AssertionError("unreachable: abort raises")
 

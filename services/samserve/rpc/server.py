@@ -21,14 +21,15 @@ log = logging.getLogger(__name__)
 HEALTH_INTERVAL_S = 1.0
 
 
-def server_options(max_receive_bytes: int) -> list[tuple[str, Any]]:
+def server_options(max_receive_bytes: int, max_send_bytes: int) -> list[tuple[str, Any]]:
     """Options of every samserve gRPC server, each with its reason."""
     return [
         # Uploads are whole images: the default 4 MiB is too small; anything larger than
         # the configured limit fails fast with RESOURCE_EXHAUSTED in the gRPC core.
         ("grpc.max_receive_message_length", max_receive_bytes),
-        # Replies carry full-size masks and logits for many prompts.
-        ("grpc.max_send_message_length", 256 * 1024 * 1024),
+        # Replies carry full-size masks and logits for many prompts, up to the response limit
+        # (which the decoder checks itself, before it does the work).
+        ("grpc.max_send_message_length", max_send_bytes),
         # gRPC Python sets SO_REUSEPORT by default: two servers could then share a port.
         ("grpc.so_reuseport", 0),
         # Recycle connections so new replicas behind a load balancer get traffic.
@@ -46,6 +47,7 @@ def build_server(
     service_names: Sequence[str],
     *,
     max_receive_bytes: int,
+    max_send_bytes: int = 256 * 1024 * 1024,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
     """Create a grpc.aio server with servicers, health and reflection, bound to ``address``.
@@ -57,7 +59,7 @@ def build_server(
         OSError: ``address`` cannot be bound (in use, or not an address of this host).
     """
     server = grpc.aio.server(
-        options=server_options(max_receive_bytes), interceptors=list(interceptors)
+        options=server_options(max_receive_bytes, max_send_bytes), interceptors=list(interceptors)
     )
     for add in register:
         add(server)

@@ -17,8 +17,11 @@ DEFAULT_TIMEOUT = 60.0
 #: Largest message either side sends: images up to the server's byte limit, many masks back.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
-#: The only status codes the gRPC core retries, and only for IDEMPOTENT_METHODS.
-RETRYABLE_STATUS_CODES = ("UNAVAILABLE",)
+#: The only status codes the gRPC core retries, and only for IDEMPOTENT_METHODS. A server that
+#: sheds load answers RESOURCE_EXHAUSTED with a grpc-retry-pushback-ms trailer saying when to try
+#: again; every other RESOURCE_EXHAUSTED (a request over a size limit) carries -1, which stops
+#: the retry, so only refusals that may succeed later are retried.
+RETRYABLE_STATUS_CODES = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
 
 _EMBEDDING = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"]
 _DECODER = decoder_pb2.DESCRIPTOR.services_by_name["DecoderService"]
