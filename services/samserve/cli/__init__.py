@@ -3,6 +3,8 @@
     samserve up                 a complete local stack (cli/up.py)
     samserve embedding|decoder  one service, as a container runs it (cli/serve.py)
     samserve segment|export     client commands (SDK)
+    samserve export-onnx        the official ONNX decoder of a model (cli/export_onnx.py)
+    samserve web                an interactive page over both services (SDK, samserve_client.web)
     samserve status             a deployment's health on Kubernetes (cli/status.py)
 
 Every flag, its ``SAMSERVE_*`` twin and its default come from the settings classes in
@@ -76,6 +78,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         env,
     )
 
+    from samserve.cli import export_onnx
+    from samserve_client import web
+
+    export_onnx.add_cli_args(
+        sub.add_parser("export-onnx", help="write the official ONNX decoder of a model"), env
+    )
+    web.add_cli_args(
+        sub.add_parser("web", help="an interactive page: click on an image, see the mask"), env
+    )
+
     status = sub.add_parser("status", help="health of a samserve deployment on Kubernetes")
     StatusSettings.add_cli_args(status, env)
     return parser
@@ -106,6 +118,14 @@ def _run(argv: Sequence[str] | None) -> int:
         from samserve.export import run_export
 
         return run_export(ns)
+    if ns.command == "export-onnx":
+        from samserve.cli import export_onnx
+
+        return export_onnx.run(ns)
+    if ns.command == "web":
+        from samserve_client import web
+
+        return web.run_web(ns)
     if ns.command == "segment":
         from samserve.segment_cmd import run_segment
 
