@@ -132,6 +132,7 @@ class WebServer:
         api: WebApi
 
     def __init__(self, api: WebApi, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.api = api
         self._http = WebServer._Http((host, port), _Handler)
         self._http.api = api
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
