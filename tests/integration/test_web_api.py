@@ -173,3 +173,26 @@ def test_tls_flags_are_checked(stack: StackThread, tmp_path: Path) -> None:
     token.write_text("two words\n")
     with pytest.raises(web.UsageError, match="one token"):
         web.open_client(_ns(stack, token_file=token))
+
+
+def test_the_command_serves_until_sigterm(stack: StackThread) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "samserve", "web", "--port", "0",
+         "--embedding", stack.embedding_address, "--decoder", stack.decoder_address],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = json.loads(proc.stdout.readline())["web"]
+        assert _call(url)[0] == 200
+        assert json.loads(_call(url + "api/config")[2])["browser"] is False
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        if proc.stdout is not None:
+            proc.stdout.close()
