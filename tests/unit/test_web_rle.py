@@ -26,8 +26,9 @@ def test_long_runs_and_a_bad_size() -> None:
     mask = np.zeros((1500, 2250), dtype=bool)
     mask[100:1400, 7:2000] = True
     encoded = rle.encode(mask)
-    assert encoded["counts"] == coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))[
-        "counts"
-    ].decode()
+    assert (
+        encoded["counts"]
+        == coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
+    )
     with pytest.raises(ValueError, match="pixels"):
         rle.decode({"size": [10, 10], "counts": encoded["counts"]})

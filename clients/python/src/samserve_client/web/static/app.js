@@ -155,7 +155,9 @@ function toFloat32(buffer, dtype) {
 // ---- the two decode modes: each returns {masks: [Uint8Array], rles, scores} ----
 
 async function decodeInBrowser(points, box, multimask) {
+  const started = performance.now();
   const out = await state.session.run(decoderFeeds(points, box));
+  const runMs = performance.now() - started;
   const { width: w, height: h } = state;
   const logits = out.masks.data;
   const iou = out.iou_predictions.data;
@@ -167,7 +169,9 @@ async function decodeInBrowser(points, box, multimask) {
     for (let i = 0; i < h * w; i++) mask[i] = logits[base + i] > threshold ? 1 : 0;
     return mask;
   });
-  return { masks, rles: masks.map((m) => rleEncode(m, h, w)), scores: chosen.map((k) => iou[k]) };
+  return {
+    masks, rles: masks.map((m) => rleEncode(m, h, w)), scores: chosen.map((k) => iou[k]), runMs,
+  };
 }
 
 async function decodeOnServer(points, box, multimask) {
@@ -290,7 +294,7 @@ function decode(t0) {
       showResult();
       window.samserve.last = {
         points, box, masks: r.rles, scores: Array.from(r.scores), ms, mode: state.mode, best,
-        decode_ms: decodeMs,
+        decode_ms: decodeMs, run_ms: r.runMs ?? null,
       };
       window.samserve.seq += 1;
       setStatus(`${state.width}×${state.height} · ${points.length} point(s)${box ? " + box" : ""}`);
