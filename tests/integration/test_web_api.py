@@ -196,3 +196,16 @@ def test_the_command_serves_until_sigterm(stack: StackThread) -> None:
         assert proc.wait(30) == 0
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_environment_twins(capsys) -> None:
+    parser = argparse.ArgumentParser()
+    web.add_cli_args(parser, {"SAMSERVE_WEB_PORT": "9999", "SAMSERVE_WEB_ONNX_DIR": "/x"})
+    ns = parser.parse_args([])
+    assert ns.port == 9999 and ns.onnx_dir == Path("/x")
+    assert parser.parse_args(["--port", "1"]).port == 1
+    parser = argparse.ArgumentParser()
+    web.add_cli_args(parser, {"SAMSERVE_WEB_PORT": "eighty"})
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
+    assert "--port" in capsys.readouterr().err

@@ -44,8 +44,9 @@ def _flag(
     help: str,
     **kwargs: Any,
 ) -> None:
-    kind = kwargs.get("type", str)
-    value = default if var is None or var not in env else kind(env[var])
+    # A variable's text becomes the default as it is: argparse converts a string default with
+    # the flag's type, so a bad value is reported like a bad flag, and only by this command.
+    value = env[var] if var is not None and var in env else default
     action = group.add_argument(flag, default=value, help=help, **kwargs)
     action.env_var = var  # type: ignore[attr-defined]  # docs/configuration.md's env column
 
