@@ -73,7 +73,7 @@ def add_cli_args(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> Non
         "127.0.0.1:50052",
         "decoder service address",
     )
-    _flag(c, "--model", None, env, "", "model variant to ask for (default: the server's)")
+    _flag(c, "--model", None, env, None, "model variant to ask for (default: the server's)")
     _flag(c, "--timeout", None, env, 60.0, "deadline per call, seconds", type=float)
     for name, what in (
         ("ca", "CA certificate the servers' certificates chain to; giving it means TLS"),
@@ -165,7 +165,9 @@ def open_client(ns: argparse.Namespace) -> SamClient:
     if security and "tls_ca" not in inspect.signature(SamClient).parameters:
         raise UsageError("this samserve-client has no TLS or token support")
     try:
-        return SamClient(ns.embedding, ns.decoder, model=ns.model, timeout=ns.timeout, **security)
+        return SamClient(
+            ns.embedding, ns.decoder, model=ns.model or "", timeout=ns.timeout, **security
+        )
     except (ValueError, OSError) as e:
         raise UsageError(str(e)) from None
 
@@ -184,7 +186,7 @@ def build_server(ns: argparse.Namespace, client: SamClient) -> WebServer:
     stub = embedding_pb2_grpc.EmbeddingServiceStub(client._embedding_channel)
     api = WebApi(
         client,
-        functools.partial(get_embedding, stub, model=ns.model, timeout=ns.timeout),
+        functools.partial(get_embedding, stub, model=ns.model or "", timeout=ns.timeout),
         max_image_bytes=ns.max_image_bytes,
         onnx_dir=ns.onnx_dir,
         vendor_dir=STATIC_DIR / "vendor",
