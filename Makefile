@@ -5,22 +5,39 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# onnxruntime-web's WebAssembly build for `samserve web`'s in-browser decoding: installed from
+# npm at the version clients/python/webdeps pins, copied into the package data (not committed:
+# 14 MB of wasm). Without npm the page still works, decoding on the server.
+WEBDEPS := clients/python/webdeps
+VENDOR := clients/python/src/samserve_client/web/static/vendor
+ORT_FILES := ort.wasm.min.js ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
 
 .PHONY: setup demo test lint protos bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(VENDOR)/.installed
 
+# chromium: the web page's browser tests (playwright drives Debian's build).
 $(STAMP): pyproject.toml clients/python/pyproject.toml
-	@command -v redis-server >/dev/null && command -v promtool >/dev/null || { \
+	@command -v redis-server >/dev/null && command -v promtool >/dev/null && \
+		command -v chromium >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
-			apt-get install -y -qq --no-install-recommends redis-server prometheus; \
-		else echo "missing: sudo apt-get install redis-server prometheus" >&2; exit 1; fi; }
+			apt-get install -y -qq --no-install-recommends redis-server prometheus chromium; \
+		else echo "missing: sudo apt-get install redis-server prometheus chromium" >&2; \
+			exit 1; fi; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU machines here carry these builds on disk.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e "clients/python[rle,polygon,cli]" -e ".[dev,triton]"
+	$(PY) -m pip install -q -e "clients/python[rle,polygon,cli,onnx]" -e ".[dev,triton,onnx]"
 	touch $(STAMP)
+
+$(VENDOR)/.installed: $(WEBDEPS)/package.json $(WEBDEPS)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix $(WEBDEPS) --no-audit --no-fund --ignore-scripts --loglevel=error && \
+		mkdir -p $(VENDOR) && \
+		cp $(addprefix $(WEBDEPS)/node_modules/onnxruntime-web/dist/,$(ORT_FILES)) $(VENDOR)/ && \
+		touch $@; \
+	else echo "npm not found: samserve web will decode on the server only" >&2; fi
 
 demo: setup
 	$(PY) tools/demo.py
@@ -45,4 +62,4 @@ bench: setup
 	$(PY) bench/bench_encoder.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache $(WEBDEPS)/node_modules $(VENDOR)

@@ -497,3 +497,23 @@ class StatusSettings(Settings):
     )
     context: str | None = setting(None, "kubeconfig context", env=False)
     kubeconfig: str | None = setting(None, "kubeconfig file", env=False)
+
+
+@dataclass(frozen=True, slots=True)
+class OnnxExportSettings(Settings):
+    """``samserve export-onnx``: where the exported decoder goes, and in which forms."""
+
+    title: ClassVar[str] = "onnx export"
+    out: str | None = setting(
+        None, "directory to write decoder.onnx and model.json to (required)", metavar="DIR",
+        env="SAMSERVE_ONNX_OUT",
+    )  # fmt: skip
+    quantize: bool = setting(
+        False, "also write decoder.quant.onnx (int8) with its IoU against fp32",
+        env="SAMSERVE_ONNX_QUANTIZE",
+    )  # fmt: skip
+    opset: int = setting(17, "ONNX opset version", env="SAMSERVE_ONNX_OPSET")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.out), OnnxExportSettings, "out", "required: the output directory")
+        _check(self.opset >= 17, OnnxExportSettings, "opset", "must be >= 17")

@@ -19,6 +19,7 @@ def test_exported_members() -> None:
         "CancelledError",
         "DeadlineExceededError",
         "EmbeddingRef",
+        "EmbeddingTensors",
         "InternalError",
         "InvalidArgumentError",
         "ModelInfo",

@@ -3,6 +3,8 @@
     samserve up                 a complete local stack (cli/up.py)
     samserve embedding|decoder  one service, as a container runs it (cli/serve.py)
     samserve segment|export     client commands (samserve_client.cli, no torch)
+    samserve export-onnx        the official ONNX decoder of a model (cli/export_onnx.py)
+    samserve web                an interactive page over both services (samserve_client.web)
     samserve status             a deployment's health on Kubernetes (cli/status.py)
 
 Every flag, its ``SAMSERVE_*`` twin and its default come from the settings classes in
@@ -75,6 +77,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     client_cli.register(sub, env)
 
+    from samserve.cli import export_onnx
+
+    export_onnx.add_cli_args(
+        sub.add_parser("export-onnx", help="write the official ONNX decoder of a model"), env
+    )
+
     status = sub.add_parser("status", help="health of a samserve deployment on Kubernetes")
     StatusSettings.add_cli_args(status, env)
     return parser
@@ -103,6 +111,10 @@ def _run(argv: Sequence[str] | None) -> int:
         return run_status(ns)
     if ns.command in client_cli.CLIENT_COMMANDS:
         return client_cli.run(ns)
+    if ns.command == "export-onnx":
+        from samserve.cli import export_onnx
+
+        return export_onnx.run(ns)
     if ns.command == "up":
         from samserve.cli.up import up
 

@@ -13,7 +13,7 @@ from samserve.core import amg, keys
 from samserve.core.admission import Lane
 from samserve.core.coalesce import SingleFlight
 from samserve.core.encoder import Encoder, make_embedding, resize_for_encoder
-from samserve.core.errors import DeadlineExceeded, InvalidInput, ResourceExhausted
+from samserve.core.errors import DeadlineExceeded, InvalidInput, NotFound, ResourceExhausted
 from samserve.core.images import content_hash, decode_cost, decode_image, image_size
 from samserve.core.metrics import Metrics
 from samserve.core.models import check_requested_model
@@ -135,6 +135,22 @@ class Embedder:
         if shared:
             self.metrics.coalesced.inc()
         return result
+
+    async def stored(self, image_id: str, model: str = "") -> Embedding:
+        """The stored embedding of ``image_id``, for clients that decode themselves.
+
+        Raises:
+            InvalidInput: ``image_id`` is not a hex sha256, or ``model`` is not this service's.
+            NotFound: nothing stored for it under this model.
+            Unavailable: Redis unreachable.
+        """
+        self.check_model(model)
+        if not keys.is_image_id(image_id):
+            raise InvalidInput("image_id: expected a lowercase hex sha256 (64 characters)")
+        emb = await self.store.get(self.model_id, image_id)
+        if emb is None:
+            raise NotFound(f"image_id: no embedding stored for {image_id} under {self.model_id}")
+        return emb
 
     async def embed_crops(
         self,

@@ -51,11 +51,14 @@ class Embedding:
         features: (256, 64, 64) image embedding (float16 or float32).
         original_size: (H, W) of the image after EXIF orientation.
         input_size: (h, w) of the resized image fed to the encoder (long side 1024).
+        high_res_features: a SAM 2.1 model's high-resolution maps, finest first; empty for
+            SAM 1, whose value layout stores none.
     """
 
     features: np.ndarray
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    high_res_features: tuple[np.ndarray, ...] = ()
 
 
 def serialize(emb: Embedding, model_id: str, dtype: str = "float16") -> bytes:

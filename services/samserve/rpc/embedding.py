@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 
 from samserve.core.amg import AmgParams
 from samserve.core.embedding import Embedder, EmbedResult
 from samserve.core.models import LoadedModel
 from samserve.rpc.interceptors import deadline_of, log_failure
-from samserve_client.pb import embedding_pb2, embedding_pb2_grpc
+from samserve_client.pb import common_pb2, embedding_pb2, embedding_pb2_grpc
 
 SERVICE = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 
@@ -24,6 +25,16 @@ def _response(r: EmbedResult, model_id: str) -> embedding_pb2.EmbedResponse:
         width=r.original_size[1],
         encode_ms=r.encode_seconds * 1000.0,
     )
+
+
+_WIRE_DTYPES = {"float16": common_pb2.D_TYPE_FLOAT16, "float32": common_pb2.D_TYPE_FLOAT32}
+
+
+def _tensor(array: np.ndarray) -> common_pb2.Tensor:
+    """A stored array as a little-endian C-order Tensor, in the dtype it is stored in."""
+    name = array.dtype.name
+    wire = np.ascontiguousarray(array, dtype=np.dtype(name).newbyteorder("<"))
+    return common_pb2.Tensor(shape=list(wire.shape), dtype=_WIRE_DTYPES[name], data=wire.tobytes())
 
 
 class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
@@ -78,6 +89,23 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             encoded=r.encoded,
             height=r.original_size[0],
             width=r.original_size[1],
+        )
+
+    async def GetEmbedding(  # noqa: N802
+        self, request: embedding_pb2.GetEmbeddingRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.GetEmbeddingResponse:
+        """GetEmbedding: INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE."""
+        emb = await self.embedder.stored(request.image_id, request.model)
+        return embedding_pb2.GetEmbeddingResponse(
+            image_id=request.image_id,
+            model_id=self.embedder.model_id,
+            # The decoder's image_embeddings input is batched: (1, 256, 64, 64).
+            embedding=_tensor(emb.features[np.newaxis]),
+            height=emb.original_size[0],
+            width=emb.original_size[1],
+            input_height=emb.input_size[0],
+            input_width=emb.input_size[1],
+            high_res_features=[_tensor(t[np.newaxis]) for t in emb.high_res_features],
         )
 
     async def GetModelInfo(  # noqa: N802

@@ -2,6 +2,7 @@
 
 from samserve_client._async_client import AsyncSamClient
 from samserve_client._client import SamClient
+from samserve_client._embedding import EmbeddingTensors
 from samserve_client._image import image_id
 from samserve_client._refine import AsyncRefineSession, RefineSession
 from samserve_client.errors import (
@@ -22,6 +23,7 @@ __all__ = [
     "CancelledError",
     "DeadlineExceededError",
     "EmbeddingRef",
+    "EmbeddingTensors",
     "InternalError",
     "InvalidArgumentError",
     "ModelInfo",

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from samserve_client import _convert, _plan
 from samserve_client._base import BaseClient
 from samserve_client._channel import aio_channel
+from samserve_client._embedding import EmbeddingTensors
 from samserve_client._image import ImageLike, to_bytes
 from samserve_client._plan import Call, Service, Unary
 from samserve_client._refine import AsyncRefineSession
@@ -122,6 +123,12 @@ class AsyncSamClient(BaseClient):
             timeout=timeout,
         )
         return AsyncRefineSession(steps, self._stubs[Service.DECODER].Refine, self._execute)
+
+    async def get_embedding(
+        self, image: ImageLike | EmbeddingRef, *, timeout: float | None = None
+    ) -> EmbeddingTensors:
+        """The stored embedding as arrays; see :meth:`SamClient.get_embedding`."""
+        return await self._run(_plan.get_embedding(image, self._options(timeout)))
 
     async def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """The embedding service's model; see :meth:`SamClient.model_info`."""

@@ -33,6 +33,7 @@ IDEMPOTENT_METHODS: tuple[tuple[str, str], ...] = (
     (_EMBEDDING.full_name, "EmbedStream"),
     (_EMBEDDING.full_name, "EmbedCrops"),
     (_EMBEDDING.full_name, "GetModelInfo"),
+    (_EMBEDDING.full_name, "GetEmbedding"),
     (_DECODER.full_name, "Segment"),
     (_DECODER.full_name, "SegmentEverything"),
 )

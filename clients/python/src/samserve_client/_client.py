@@ -12,6 +12,7 @@ import numpy.typing as npt
 from samserve_client import _convert, _plan
 from samserve_client._base import BaseClient
 from samserve_client._channel import sync_channel
+from samserve_client._embedding import EmbeddingTensors
 from samserve_client._image import ImageLike, to_bytes
 from samserve_client._plan import Call, Service, Unary
 from samserve_client._refine import RefineSession
@@ -197,6 +198,23 @@ class SamClient(BaseClient):
             timeout=timeout,
         )
         return RefineSession(steps, self._stubs[Service.DECODER].Refine, self._execute)
+
+    def get_embedding(
+        self, image: ImageLike | EmbeddingRef, *, timeout: float | None = None
+    ) -> EmbeddingTensors:
+        """The stored embedding of ``image`` as numpy arrays, for clients that decode
+        themselves (e.g. with ``samserve_client.onnx.OnnxDecoder``).
+
+        Args:
+            image: the image (uploaded and embedded only when it is not stored) or an
+                :class:`EmbeddingRef`.
+            timeout: deadline in seconds per call.
+
+        Returns:
+            The (1, 256, 64, 64) embedding as stored (float16 or float32), SAM 2.1's
+            high-resolution maps (empty for SAM 1), the model id and the image sizes.
+        """
+        return self._run(_plan.get_embedding(image, self._options(timeout)))
 
     def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """The embedding service's model: variant, model_id, weights checksum, source, family."""

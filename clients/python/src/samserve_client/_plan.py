@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from samserve_client import _convert
+from samserve_client._embedding import EmbeddingTensors, embedding_tensors, get_embedding_request
 from samserve_client._image import ImageLike, encode, to_bytes
 from samserve_client.errors import NotFoundError, SamServeError
 from samserve_client.types import EmbeddingRef, ModelInfo, Prompt, SegmentResult
@@ -197,6 +198,19 @@ def segment_everything(
     )
     records: list[dict[str, Any]] = yield from hash_first(data, ask, upload)
     return records
+
+
+def get_embedding(image: ImageLike | EmbeddingRef, opts: Options) -> Plan[EmbeddingTensors]:
+    """The stored embedding tensors of an image (uploaded first if it is not stored)."""
+    data, key = source(image)
+    ask = Unary(
+        Service.EMBEDDING,
+        "GetEmbedding",
+        get_embedding_request(key, opts.model),
+        opts.timeout,
+    )
+    resp = yield from hash_first(data, ask, lambda d: embed(d, opts))
+    return embedding_tensors(resp)
 
 
 def model_info(opts: Options) -> Plan[ModelInfo]:

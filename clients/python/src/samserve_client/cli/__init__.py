@@ -1,5 +1,6 @@
 """The client commands of ``samserve``, which need no torch (``pip install
-"samserve-client[cli]"``): ``segment`` (one prompt query) and ``export`` (a folder, SA-1B style).
+"samserve-client[cli]"``): ``segment`` (one prompt query), ``export`` (a folder, SA-1B style)
+and ``web`` (an interactive page over both services).
 
 ``main`` is the SDK's ``samserve`` console script and ``python -m samserve_client``: it runs a
 client command itself and hands any other command to the server's CLI when the ``samserve``
@@ -21,7 +22,7 @@ from typing import Any
 from samserve_client.cli import _connect
 
 #: The commands this package runs; every other one belongs to the server's CLI.
-CLIENT_COMMANDS = ("segment", "export")
+CLIENT_COMMANDS = ("segment", "export", "web")
 #: Options of the server's CLI that come before the command and take a value.
 _GLOBAL_OPTIONS_WITH_VALUE = frozenset({"--log-level"})
 
@@ -33,6 +34,7 @@ def register(subparsers: Any, env: Mapping[str, str]) -> None:
         subparsers: what ``ArgumentParser.add_subparsers()`` returned.
         env: the environment the flags take their defaults from (``SAMSERVE_*``).
     """
+    from samserve_client import web
     from samserve_client.cli import export, segment
 
     seg = subparsers.add_parser("segment", help="one prompt query through the SDK")
@@ -43,6 +45,9 @@ def register(subparsers: Any, env: Mapping[str, str]) -> None:
     )
     export.add_cli_args(exp, env)
     exp.set_defaults(client_command=export.run, client_command_name="export")
+    page = subparsers.add_parser("web", help="an interactive page: click on an image, see the mask")
+    web.add_cli_args(page, env)
+    page.set_defaults(client_command=web.run_web, client_command_name="web")
 
 
 def run(ns: argparse.Namespace) -> int:

@@ -23,31 +23,36 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from . import common_pb2 as samserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsamserve/v1/embedding.proto\x12\x0bsamserve.v1\",\n\x0c\x45mbedRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\"u\n\rEmbedResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x02 \x01(\x08\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x11\n\tencode_ms\x18\x06 \x01(\x02\"@\n\x12\x45mbedStreamRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.samserve.v1.EmbedRequest\"b\n\x13\x45mbedStreamResponse\x12,\n\x08response\x18\x01 \x01(\x0b\x32\x1a.samserve.v1.EmbedResponse\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x15\n\x13GetModelInfoRequest\"q\n\x14GetModelInfoResponse\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x05 \x01(\t\"\x80\x01\n\x11\x45mbedCropsRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rcrop_n_layers\x18\x03 \x01(\x05\x12\x1f\n\x12\x63rop_overlap_ratio\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_crop_overlap_ratio\"w\n\x12\x45mbedCropsResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\r\n\x05\x63rops\x18\x03 \x01(\x05\x12\x0f\n\x07\x65ncoded\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x32\xcc\x02\n\x10\x45mbeddingService\x12>\n\x05\x45mbed\x12\x19.samserve.v1.EmbedRequest\x1a\x1a.samserve.v1.EmbedResponse\x12T\n\x0b\x45mbedStream\x12\x1f.samserve.v1.EmbedStreamRequest\x1a .samserve.v1.EmbedStreamResponse(\x01\x30\x01\x12S\n\x0cGetModelInfo\x12 .samserve.v1.GetModelInfoRequest\x1a!.samserve.v1.GetModelInfoResponse\x12M\n\nEmbedCrops\x12\x1e.samserve.v1.EmbedCropsRequest\x1a\x1f.samserve.v1.EmbedCropsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsamserve/v1/embedding.proto\x12\x0bsamserve.v1\x1a\x18samserve/v1/common.proto\",\n\x0c\x45mbedRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\"u\n\rEmbedResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x02 \x01(\x08\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x11\n\tencode_ms\x18\x06 \x01(\x02\"@\n\x12\x45mbedStreamRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.samserve.v1.EmbedRequest\"b\n\x13\x45mbedStreamResponse\x12,\n\x08response\x18\x01 \x01(\x0b\x32\x1a.samserve.v1.EmbedResponse\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x15\n\x13GetModelInfoRequest\"q\n\x14GetModelInfoResponse\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x05 \x01(\t\"\x80\x01\n\x11\x45mbedCropsRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rcrop_n_layers\x18\x03 \x01(\x05\x12\x1f\n\x12\x63rop_overlap_ratio\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_crop_overlap_ratio\"w\n\x12\x45mbedCropsResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\r\n\x05\x63rops\x18\x03 \x01(\x05\x12\x0f\n\x07\x65ncoded\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\"6\n\x13GetEmbeddingRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\xdc\x01\n\x14GetEmbeddingResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12&\n\tembedding\x18\x03 \x01(\x0b\x32\x13.samserve.v1.Tensor\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x14\n\x0cinput_height\x18\x06 \x01(\x05\x12\x13\n\x0binput_width\x18\x07 \x01(\x05\x12.\n\x11high_res_features\x18\x08 \x03(\x0b\x32\x13.samserve.v1.Tensor2\xa1\x03\n\x10\x45mbeddingService\x12>\n\x05\x45mbed\x12\x19.samserve.v1.EmbedRequest\x1a\x1a.samserve.v1.EmbedResponse\x12T\n\x0b\x45mbedStream\x12\x1f.samserve.v1.EmbedStreamRequest\x1a .samserve.v1.EmbedStreamResponse(\x01\x30\x01\x12S\n\x0cGetModelInfo\x12 .samserve.v1.GetModelInfoRequest\x1a!.samserve.v1.GetModelInfoResponse\x12M\n\nEmbedCrops\x12\x1e.samserve.v1.EmbedCropsRequest\x1a\x1f.samserve.v1.EmbedCropsResponse\x12S\n\x0cGetEmbedding\x12 .samserve.v1.GetEmbeddingRequest\x1a!.samserve.v1.GetEmbeddingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'samserve.v1.embedding_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EMBEDREQUEST']._serialized_start=44
-  _globals['_EMBEDREQUEST']._serialized_end=88
-  _globals['_EMBEDRESPONSE']._serialized_start=90
-  _globals['_EMBEDRESPONSE']._serialized_end=207
-  _globals['_EMBEDSTREAMREQUEST']._serialized_start=209
-  _globals['_EMBEDSTREAMREQUEST']._serialized_end=273
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=275
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=373
-  _globals['_GETMODELINFOREQUEST']._serialized_start=375
-  _globals['_GETMODELINFOREQUEST']._serialized_end=396
-  _globals['_GETMODELINFORESPONSE']._serialized_start=398
-  _globals['_GETMODELINFORESPONSE']._serialized_end=511
-  _globals['_EMBEDCROPSREQUEST']._serialized_start=514
-  _globals['_EMBEDCROPSREQUEST']._serialized_end=642
-  _globals['_EMBEDCROPSRESPONSE']._serialized_start=644
-  _globals['_EMBEDCROPSRESPONSE']._serialized_end=763
-  _globals['_EMBEDDINGSERVICE']._serialized_start=766
-  _globals['_EMBEDDINGSERVICE']._serialized_end=1098
+  _globals['_EMBEDREQUEST']._serialized_start=70
+  _globals['_EMBEDREQUEST']._serialized_end=114
+  _globals['_EMBEDRESPONSE']._serialized_start=116
+  _globals['_EMBEDRESPONSE']._serialized_end=233
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=235
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=299
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=301
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=399
+  _globals['_GETMODELINFOREQUEST']._serialized_start=401
+  _globals['_GETMODELINFOREQUEST']._serialized_end=422
+  _globals['_GETMODELINFORESPONSE']._serialized_start=424
+  _globals['_GETMODELINFORESPONSE']._serialized_end=537
+  _globals['_EMBEDCROPSREQUEST']._serialized_start=540
+  _globals['_EMBEDCROPSREQUEST']._serialized_end=668
+  _globals['_EMBEDCROPSRESPONSE']._serialized_start=670
+  _globals['_EMBEDCROPSRESPONSE']._serialized_end=789
+  _globals['_GETEMBEDDINGREQUEST']._serialized_start=791
+  _globals['_GETEMBEDDINGREQUEST']._serialized_end=845
+  _globals['_GETEMBEDDINGRESPONSE']._serialized_start=848
+  _globals['_GETEMBEDDINGRESPONSE']._serialized_end=1068
+  _globals['_EMBEDDINGSERVICE']._serialized_start=1071
+  _globals['_EMBEDDINGSERVICE']._serialized_end=1488
 # @@protoc_insertion_point(module_scope)

@@ -56,6 +56,11 @@ class EmbeddingServiceStub:
                 request_serializer=samserve_dot_v1_dot_embedding__pb2.EmbedCropsRequest.SerializeToString,
                 response_deserializer=samserve_dot_v1_dot_embedding__pb2.EmbedCropsResponse.FromString,
                 _registered_method=True)
+        self.GetEmbedding = channel.unary_unary(
+                '/samserve.v1.EmbeddingService/GetEmbedding',
+                request_serializer=samserve_dot_v1_dot_embedding__pb2.GetEmbeddingRequest.SerializeToString,
+                response_deserializer=samserve_dot_v1_dot_embedding__pb2.GetEmbeddingResponse.FromString,
+                _registered_method=True)
 
 
 class EmbeddingServiceServicer:
@@ -91,6 +96,14 @@ class EmbeddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEmbedding(self, request, context):
+        """Returns a stored embedding, for clients that decode prompts themselves (the exported ONNX
+        decoder, in a browser or an annotation tool). NOT_FOUND when it is not stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbeddingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +126,11 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
                     servicer.EmbedCrops,
                     request_deserializer=samserve_dot_v1_dot_embedding__pb2.EmbedCropsRequest.FromString,
                     response_serializer=samserve_dot_v1_dot_embedding__pb2.EmbedCropsResponse.SerializeToString,
+            ),
+            'GetEmbedding': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEmbedding,
+                    request_deserializer=samserve_dot_v1_dot_embedding__pb2.GetEmbeddingRequest.FromString,
+                    response_serializer=samserve_dot_v1_dot_embedding__pb2.GetEmbeddingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +242,33 @@ class EmbeddingService:
             '/samserve.v1.EmbeddingService/EmbedCrops',
             samserve_dot_v1_dot_embedding__pb2.EmbedCropsRequest.SerializeToString,
             samserve_dot_v1_dot_embedding__pb2.EmbedCropsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEmbedding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/samserve.v1.EmbeddingService/GetEmbedding',
+            samserve_dot_v1_dot_embedding__pb2.GetEmbeddingRequest.SerializeToString,
+            samserve_dot_v1_dot_embedding__pb2.GetEmbeddingResponse.FromString,
             options,
             channel_credentials,
             insecure,
