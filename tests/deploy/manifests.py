@@ -216,6 +216,11 @@ class Expr:
     def needs_gpu(self) -> bool:
         return "nv_gpu_" in self.expr
 
+    @property
+    def needs_redis_exporter(self) -> bool:
+        """Redis's own metrics (redis_*), from the exporter sidecar."""
+        return re.search(r"(?<![a-z_])redis_", self.expr) is not None
+
 
 def dashboard(docs: list[Doc]) -> Doc:
     cm = find(docs, "ConfigMap", "samserve-grafana-dashboard")
