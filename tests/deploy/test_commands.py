@@ -4,7 +4,9 @@
   against the model id (``samserve checkpoint wait``, the real module), and writes the
   ConfigMap's checkpoint path into config.pbtxt; refuses a wrong file and odd paths.
 - Redis's command line with each overlay's environment, on a real redis-server: the overlay's
-  snapshot schedule and maxmemory take effect, and the password is required.
+  snapshot schedule and maxmemory take effect; dev requires its password; prod serves TLS
+  only, wants client certificates, and its ACL users (the component's template) let the
+  embedding service write samserve:*, the decoder only read it, the monitor only see state.
 - The redis_exporter sidecar's arguments against that Redis (Debian's
   prometheus-redis-exporter): it reports Redis up, its maxmemory and its snapshot status.
 """
@@ -140,8 +142,52 @@ def _redis_cli(port: int, password: str, *args: str) -> str:
     return proc.stdout.strip()
 
 
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _pki(d: Path) -> None:
+    """A CA, a server certificate for loopback (also a client one, as Redis's is), and the
+    services' client certificates: what cert-manager puts in the Secrets."""
+    d.mkdir()
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-days", "1", "-subj", "/CN=samserve-ca", "-keyout", "ca.key", "-out", "ca.crt",
+             cwd=d)  # fmt: skip
+    for name, ext in (
+        (
+            "server",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth",
+        ),
+        ("embedding", "extendedKeyUsage=clientAuth"),
+        ("decoder", "extendedKeyUsage=clientAuth"),
+    ):
+        (d / f"{name}.ext").write_text(ext.replace("\\n", "\n") + "\n")
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext",
+                 "-out", f"{name}.crt", cwd=d)  # fmt: skip
+
+
+PASSWORDS = {"EMBEDDING": "emb-secret", "DECODER": "dec-secret", "MONITOR": "mon-secret"}
+
+
+def _acl(path: Path) -> None:
+    """users.acl from the component's template, as docs/deploy.md makes it."""
+    import hashlib
+
+    text = (ROOT / "deploy" / "components" / "tls" / "redis-users.acl.in").read_text()
+    for user, password in PASSWORDS.items():
+        text = text.replace(f"@{user}_SHA256@", hashlib.sha256(password.encode()).hexdigest())
+    assert not re.search(r"@[A-Z]+_SHA256@", text)
+    path.write_text(text)
+
+
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
 def test_redis_runs_the_rendered_command(overlay, tmp_path):
+    """dev: a password. prod: TLS only, client certificates, the ACL users: the embedding
+    user writes samserve:*, the decoder only reads it, the monitor reads server state."""
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.skip("redis-server not found: apt-get install redis-server")
     docs = render(overlay)
@@ -149,39 +195,92 @@ def test_redis_runs_the_rendered_command(overlay, tmp_path):
     redis = next(c for c in pod["containers"] if c["name"] == "redis")
     env = {e["name"]: e["value"] for e in redis["env"] if "value" in e}
     env["REDIS_PASSWORD"] = "test-password"
+    tls = "--tls-port" in redis["command"]
+    pki, acl = tmp_path / "pki", tmp_path / "acl"
+    if tls:
+        if shutil.which("openssl") is None:
+            pytest.skip("openssl not found")
+        _pki(pki)
+        acl.mkdir()
+        _acl(acl / "users.acl")
+    # The Secrets' files, where the pod mounts them: tls.crt/tls.key/ca.crt and users.acl.
+    files = {"/tls/tls.crt": pki / "server.crt", "/tls/tls.key": pki / "server.key",
+             "/tls/ca.crt": pki / "ca.crt", "/acl/users.acl": acl / "users.acl"}  # fmt: skip
+
+    def local(arg: str) -> str:
+        for mounted, here in files.items():
+            arg = arg.replace(mounted, str(here))
+        return arg
+
     conf = tmp_path / "redis.conf"
     text = config(docs, "samserve-redis-config")["redis.conf"]
     # Only what a laptop needs changed: the data directory, the port, loopback.
     conf.write_text(re.sub(r"^dir /data$", f"dir {tmp_path}", text, flags=re.M))
-    argv = [_expand(a, env) for a in redis["command"]]
+    argv = [local(_expand(a, env)) for a in redis["command"]]
     argv = [str(conf) if a == "/etc/redis/redis.conf" else a for a in argv]
     port = _free_port()
-    argv += ["--port", str(port), "--bind", "127.0.0.1"]
+    port_flag = "--tls-port" if tls else "--port"
+    argv += [port_flag, str(port), "--bind", "127.0.0.1"]
     server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def cli(
+        *args: str, user: str | None = None, password: str = "", cert: str | None = "server"
+    ) -> str:
+        base = ["redis-cli", "-p", str(port), "--no-auth-warning"]
+        if tls:
+            base += ["--tls", "--cacert", str(pki / "ca.crt")]
+            if cert:
+                base += ["--cert", str(pki / f"{cert}.crt"), "--key", str(pki / f"{cert}.key")]
+        if user:
+            base += ["--user", user]
+        if password:
+            base += ["--pass", password]
+        proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=10)
+        return (proc.stdout + proc.stderr).strip()
+
+    admin = {"user": "samserve-monitor", "password": PASSWORDS["MONITOR"]} if tls else {
+        "password": "test-password"}  # fmt: skip
     exporter = None
     try:
         deadline = time.monotonic() + 20
-        while _redis_cli(port, "test-password", "ping") != "PONG":
+        while cli("ping", **admin) != "PONG":
             assert server.poll() is None, server.communicate()[0]
             assert time.monotonic() < deadline, "redis-server did not answer"
             time.sleep(0.1)
-        assert (
-            _redis_cli(port, "test-password", "config", "get", "save").splitlines()[1]
-            == env["REDIS_SAVE"]
-        )
+        assert cli("config", "get", "save", **admin).splitlines()[1] == env["REDIS_SAVE"]
         m = re.fullmatch(r"(\d+)(mb|gb)", env["REDIS_MAXMEMORY"])
         assert m
         maxmemory = int(m.group(1)) * {"mb": 2**20, "gb": 2**30}[m.group(2)]
-        got = _redis_cli(port, "test-password", "config", "get", "maxmemory").splitlines()[1]
-        assert int(got) == maxmemory
-        policy = _redis_cli(port, "test-password", "config", "get", "maxmemory-policy")
-        assert policy.splitlines()[1] == "allkeys-lru"
-        assert (
-            "NOAUTH"
-            in subprocess.run(
-                ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=10
-            ).stdout
-        )
+        assert int(cli("config", "get", "maxmemory", **admin).splitlines()[1]) == maxmemory
+        assert cli("config", "get", "maxmemory-policy", **admin).splitlines()[1] == "allkeys-lru"
+        if not tls:
+            assert "NOAUTH" in cli("ping", cert=None)
+        else:
+            emb = {
+                "user": "samserve-embedding",
+                "password": PASSWORDS["EMBEDDING"],
+                "cert": "embedding",
+            }
+            dec = {"user": "samserve-decoder", "password": PASSWORDS["DECODER"], "cert": "decoder"}
+            assert cli("set", "samserve:x", "1", **emb) == "OK"
+            assert cli("get", "samserve:x", **emb) == "1"
+            assert cli("get", "samserve:x", **dec) == "1"
+            assert "NOPERM" in cli("set", "samserve:x", "2", **dec)  # the decoder cannot write
+            assert "NOPERM" in cli("del", "samserve:x", **dec)
+            assert "NOPERM" in cli("get", "other:x", **emb)  # outside samserve:*
+            assert "NOPERM" in cli("flushall", **emb)
+            assert "NOPERM" in cli("get", "samserve:x", **admin)  # the monitor reads no data
+            assert "redis_version" in cli("info", "server", **admin)
+            # Without a client certificate, or as the default user: refused.
+            assert cli("ping", **{**emb, "cert": None}) != "PONG"
+            assert cli("ping", password="test-password") != "PONG"
+            # The readiness probe, as rendered.
+            probe = local(" ".join(redis["readinessProbe"]["exec"]["command"][2:]))
+            probe = probe.replace("-h 127.0.0.1", f"-h 127.0.0.1 -p {port}")
+            probe_env = {**os.environ, "REDISCLI_AUTH": PASSWORDS["MONITOR"]}
+            proc = subprocess.run(["sh", "-c", probe], env=probe_env,
+                                  capture_output=True, text=True, timeout=10)  # fmt: skip
+            assert proc.returncode == 0, proc.stdout + proc.stderr
 
         binary = shutil.which("prometheus-redis-exporter")
         if binary is None:
@@ -191,12 +290,13 @@ def test_redis_runs_the_rendered_command(overlay, tmp_path):
         args = [
             f"-web.listen-address=127.0.0.1:{metrics_port}"
             if a.startswith("-web.listen-address=")
-            else a.replace("127.0.0.1:6379", f"127.0.0.1:{port}")
+            else local(a).replace("127.0.0.1:6379", f"127.0.0.1:{port}")
             for a in side["args"]
         ]
+        exporter_password = PASSWORDS["MONITOR"] if tls else "test-password"
         exporter = subprocess.Popen(
             [binary, *args],
-            env={**os.environ, "REDIS_PASSWORD": "test-password"},
+            env={**os.environ, "REDIS_PASSWORD": exporter_password},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -39,13 +39,18 @@ CRD_SCHEMAS = {
     "ScaledObject": "scaledobject.json",
     "PodMonitor": "podmonitor.json",
     "PrometheusRule": "prometheusrule.json",
+    "Certificate": "certificate.json",
+    "Issuer": "issuer.json",
 }
 #: Objects that the operator creates, not the manifests (docs/deploy.md, "before you apply"):
 #: the Redis password, the checkpoint source URL (fill Job), and the checkpoint volume where
 #: no checkpoints component defines it.
 EXTERNAL_PROD = {
     ("Secret", "samserve-redis"),
+    ("Secret", "samserve-redis-acl"),
+    ("Secret", "samserve-auth-tokens"),
     ("Secret", "samserve-checkpoint-source"),
+    ("Secret", "samserve-redis-external-ca"),
     ("PersistentVolumeClaim", "sam-checkpoints"),
 }
 
@@ -63,12 +68,16 @@ def test_renders_expected_objects(overlay):
         ("Deployment", "samserve-embedding"),
         ("Deployment", "samserve-decoder"),
         ("Deployment", "samserve-triton"),
-        ("StatefulSet", "samserve-redis"),
         ("Service", "samserve-embedding"),
         ("Service", "samserve-decoder"),
         ("Service", "samserve-triton"),
-        ("Service", "samserve-redis"),
         ("NetworkPolicy", "default-deny"),
+        # The in-cluster Redis, unless the deployment uses an external one.
+        *(
+            [("StatefulSet", "samserve-redis"), ("Service", "samserve-redis")]
+            if "redis-external" not in overlay
+            else []
+        ),
     ]:
         assert expected in names, f"{overlay}: {expected} missing"
     for d in docs:
@@ -78,9 +87,9 @@ def test_renders_expected_objects(overlay):
             f"{d['kind']}/{d['metadata']['name']} lacks the part-of label samserve status uses"
         )
     if overlay != "dev":
-        assert {"ScaledObject", "PodDisruptionBudget", "PodMonitor", "PrometheusRule"} <= {
-            d["kind"] for d in docs
-        }
+        kinds = {d["kind"] for d in docs}
+        assert {"ScaledObject", "PodDisruptionBudget", "PodMonitor", "PrometheusRule"} <= kinds
+        assert {"Issuer", "Certificate"} <= kinds
     else:
         assert not by_kind(docs, "ScaledObject", "PodDisruptionBudget")
     # Components' parameter files (config.kubernetes.io/local-config) never reach a cluster.
@@ -128,6 +137,22 @@ def test_crd_objects_structurally_valid(overlay):
     assert not errors, "\n".join(errors)
 
 
+def test_certificate_schemas_reject_mistakes():
+    here = Path(__file__).parent / "schemas"
+    cert = find(render("prod"), "Certificate", "samserve-embedding-tls")
+    validator = jsonschema.Draft202012Validator(json.loads((here / "certificate.json").read_text()))
+    assert not list(validator.iter_errors(cert))
+    for mutate in (
+        lambda c: c["spec"].pop("issuerRef"),
+        lambda c: c["spec"].update(duration="90d"),
+        lambda c: c["spec"].update(usages=["server"]),
+        lambda c: c["spec"].update(dnsName=["x"]),
+    ):
+        bad = json.loads(json.dumps(cert))
+        mutate(bad)
+        assert list(validator.iter_errors(bad)), bad["spec"]
+
+
 def test_crd_schemas_reject_mistakes():
     """The structural schemas catch the typical slips: a typo'd key, a numeric threshold."""
     so = find(render("prod"), "ScaledObject", "samserve-decoder")
@@ -167,6 +192,11 @@ def test_references_resolve(overlay):
     """Secrets, ConfigMaps, PVCs and ServiceAccounts that pods use exist (or are documented)."""
     docs = render(overlay)
     have = {(d["kind"], d["metadata"]["name"]) for d in docs} | external(overlay)
+    # cert-manager writes each Certificate's Secret; an Issuer's CA Secret is one of them.
+    have |= {("Secret", c["spec"]["secretName"]) for c in by_kind(docs, "Certificate")}
+    for issuer in by_kind(docs, "Issuer"):
+        if "ca" in issuer["spec"]:
+            assert ("Secret", issuer["spec"]["ca"]["secretName"]) in have
     missing = set()
     for c in containers(docs):
         for src in c.spec.get("envFrom", []):

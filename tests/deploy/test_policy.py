@@ -90,12 +90,26 @@ def test_every_container_has_probes(docs):
 
 
 def test_services_use_native_grpc_readiness(docs):
+    """The kubelet's native gRPC probe, which cannot speak TLS: on the service port while it
+    is plaintext (dev), on the health-only plaintext port once it serves TLS (prod)."""
     for name, (port, health) in SERVICES.items():
         c = next(c for c in containers(docs) if c.spec["name"] == name)
-        probe = c.spec["readinessProbe"]["grpc"]
-        assert probe == {"port": port, "service": health}
+        env = {e["name"]: e.get("value") for e in c.spec.get("env", [])}
+        tls = "SAMSERVE_TLS_CERT" in env
+        probe_port = int(env["SAMSERVE_HEALTH_PORT"]) if tls else port
+        assert c.spec["readinessProbe"]["grpc"] == {"port": probe_port, "service": health}
         # Liveness must not follow Redis: restarting every pod would not bring Redis back.
         assert "grpc" not in c.spec["livenessProbe"]
+        if tls:
+            # The health port is for the kubelet: no Service and no NetworkPolicy rule
+            # exposes it to pods.
+            for svc in by_kind(docs, "Service"):
+                assert all(p.get("targetPort") != "health" and p["port"] != probe_port
+                           for p in svc["spec"]["ports"]), svc["metadata"]["name"]  # fmt: skip
+            for np in by_kind(docs, "NetworkPolicy"):
+                for rule in np["spec"].get("ingress", []):
+                    for p in rule.get("ports", []):
+                        assert p.get("port") not in (probe_port, "health"), np["metadata"]["name"]
 
 
 def test_triton_probes_and_model_control(docs):
@@ -350,8 +364,21 @@ def test_every_service_port_has_a_network_policy_path(docs):
 
 def test_needed_paths_open_and_others_closed(variant, docs):
     emb, dec = _pod_labels(docs, "embedding"), _pod_labels(docs, "decoder")
-    tri, red = _pod_labels(docs, "triton"), _pod_labels(docs, "redis")
+    tri = _pod_labels(docs, "triton")
     prometheus, prometheus_ns = prometheus_peer(variant)
+    if not by_kind(docs, "StatefulSet"):
+        # An external Redis (components/redis-external): the services reach its addresses,
+        # nothing else does, and there is no Redis pod.
+        external = yaml.safe_load(
+            (DEPLOY / "components" / "redis-external" / "values.yaml").read_text()
+        )["data"]
+        ip = str(next(ipaddress.ip_network(external["cidr"]).hosts()))
+        port = int(external["port"])
+        assert egress_to_ip_allowed(docs, emb, ip, port)
+        assert egress_to_ip_allowed(docs, dec, ip, port)
+        assert not egress_to_ip_allowed(docs, tri, ip, port)
+        return
+    red = _pod_labels(docs, "redis")
     client = {"app": "backend"}
     allowed = lambda *a, **k: connection_allowed(docs, *a, **k)  # noqa: E731
     # clients -> services
@@ -474,6 +501,8 @@ SNAPSHOT_BYTES_PER_S = 100e6
 def test_redis_is_a_cache_sized_to_its_data(docs):
     """maxmemory below the limit (fork copy-on-write), snapshots that take at most 5% of the
     time between them, a disk for two snapshots, a grace for a final one (docs/deploy.md)."""
+    if not by_kind(docs, "StatefulSet"):
+        pytest.skip("an external Redis (components/redis-external)")
     redis = find(docs, "StatefulSet", "samserve-redis")
     conf = config(docs, "samserve-redis-config")["redis.conf"]
     assert re.search(r"^maxmemory-policy allkeys-lru$", conf, re.M)
@@ -481,6 +510,7 @@ def test_redis_is_a_cache_sized_to_its_data(docs):
     pod = pod_spec(redis)
     c = _container(pod, "redis")
     assert c["command"][-2:] == ["--save", "$(REDIS_SAVE)"]
+    assert "$(REDIS_MAXMEMORY)" in c["command"]
     env = _env(c)
     m = re.fullmatch(r"(\d+)(mb|gb)", env["REDIS_MAXMEMORY"])
     assert m, env["REDIS_MAXMEMORY"]
@@ -495,7 +525,9 @@ def test_redis_is_a_cache_sized_to_its_data(docs):
     assert _bytes(claim["spec"]["resources"]["requests"]["storage"]) >= 2.2 * maxmemory
     assert pod["terminationGracePeriodSeconds"] >= 2 * snapshot_s
     exporter = _container(pod, "redis-exporter")
-    assert "-redis.addr=redis://127.0.0.1:6379" in exporter["args"]
+    assert any(
+        re.fullmatch(r"-redis\.addr=rediss?://127\.0\.0\.1:6379", a) for a in exporter["args"]
+    )
     assert any(p["name"] == "metrics" for p in exporter["ports"])
 
 
@@ -505,9 +537,10 @@ def test_prod_disruption_budgets_spread_and_autoscalers(prod_docs):
     for p in pdbs:
         # A crash-looping pod must never block a drain.
         assert p["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", p["metadata"]["name"]
-    redis = find(docs, "StatefulSet", "samserve-redis")["spec"]["template"]["metadata"]["labels"]
-    (redis_pdb,) = [p for p in pdbs if selects(p["spec"]["selector"], redis)]
-    assert redis_pdb["spec"]["minAvailable"] == 1
+    if by_kind(docs, "StatefulSet"):
+        redis = find(docs, "StatefulSet", "samserve-redis")["spec"]["template"]["metadata"]
+        (redis_pdb,) = [p for p in pdbs if selects(p["spec"]["selector"], redis["labels"])]
+        assert redis_pdb["spec"]["minAvailable"] == 1
     scaled = {so["spec"]["scaleTargetRef"]["name"]: so for so in by_kind(docs, "ScaledObject")}
     for w in by_kind(docs, "Deployment"):
         name, labels = w["metadata"]["name"], w["spec"]["template"]["metadata"]["labels"]
@@ -611,7 +644,8 @@ def test_every_configmap_pods_read_is_hashed(docs):
         for name in _configmaps_read(w):
             assert HASH_SUFFIX.search(name) and name in defined, f"{w['metadata']['name']}: {name}"
             read.add(HASH_SUFFIX.sub("", name))
-    assert {"samserve-config", "samserve-model", "samserve-redis-config"} <= read
+    assert {"samserve-config", "samserve-model"} <= read
+    assert bool(by_kind(docs, "StatefulSet")) == ("samserve-redis-config" in read)
 
 
 # --- GPU nodes and node shapes ---------------------------------------------------------------
@@ -866,3 +900,111 @@ def test_prometheus_local_file_is_plain_yaml():
     path = Path(DEPLOY / "monitoring" / "prometheus-local.yml")
     config_ = yaml.safe_load(path.read_text())
     assert set(config_) == {"global", "scrape_configs"}
+
+
+# --- TLS, tokens, Secrets as files (prod) ----------------------------------------------------
+
+
+def test_env_references_come_first(docs):
+    """$(VAR) in env, command and args expands only from variables defined before it."""
+    for c in containers(docs):
+        defined: set[str] = set()
+        for src in c.spec.get("envFrom", []):
+            ref = src.get("configMapRef") or src.get("secretRef") or {}
+            cm = [d for d in docs if d["metadata"]["name"] == ref.get("name")]
+            for d in cm:
+                defined |= set(d.get("data", {}))
+        for e in c.spec.get("env", []):
+            for var in re.findall(r"\$\((\w+)\)", e.get("value", "")):
+                assert var in defined, f"{c.where}: {e['name']} uses $({var}) before it is set"
+            defined.add(e["name"])
+        for arg in [*c.spec.get("command", []), *c.spec.get("args", [])]:
+            if c.spec.get("command", [None])[0] in ("/bin/sh", "sh"):
+                continue  # a shell script's own $(...)
+            for var in re.findall(r"\$\((\w+)\)", arg):
+                assert var in defined, f"{c.where}: $({var}) in {arg!r}"
+
+
+def test_prod_speaks_tls_everywhere(prod_docs):
+    docs = prod_docs
+    mounts: dict[str, dict[str, str]] = {}
+    for w in by_kind(docs, *WORKLOAD_KINDS):
+        pod = pod_spec(w)
+        secrets = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+        for v in secrets.values():
+            # Mounted as files the pod's group reads and nobody else does.
+            assert v.get("defaultMode") == 0o440, (w["metadata"]["name"], v["secretName"])
+        for c in containers([w]):
+            paths = {m["mountPath"]: m["name"] for m in c.spec.get("volumeMounts", [])}
+            mounts[c.where] = {
+                p: secrets[n]["secretName"] for p, n in paths.items() if n in secrets
+            }
+            # No secret reaches a container as a plain environment value.
+            for e in c.spec.get("env", []):
+                value = re.sub(r"\$\(\w+\)", "", e.get("value", ""))
+                assert "password" not in value.lower(), c.where
+    for name in SERVICES:
+        c = next(c for c in containers(docs) if c.spec["name"] == name)
+        env = {e["name"]: e.get("value", "") for e in c.spec["env"]}
+        secret_of = mounts[c.where]
+        for key in ("SAMSERVE_TLS_CERT", "SAMSERVE_TLS_KEY", "SAMSERVE_AUTH_TOKENS",
+                    "SAMSERVE_REDIS_TLS_CA"):  # fmt: skip
+            path = env[key]
+            assert any(path.startswith(m + "/") for m in secret_of), (c.where, key, path)
+        assert env["SAMSERVE_REDIS_URL"].startswith(("rediss://", "rediss+cluster://"))
+        assert f"samserve-{name}:$(REDIS_PASSWORD)@" in env["SAMSERVE_REDIS_URL"]
+    emb = next(c for c in containers(docs) if c.spec["name"] == "embedding")
+    emb_env = {e["name"] for e in emb.spec["env"]}
+    assert {
+        "SAMSERVE_TRITON_TLS_CA",
+        "SAMSERVE_TRITON_TLS_CERT",
+        "SAMSERVE_TRITON_TLS_KEY",
+    } <= emb_env
+    triton = _container(pod_spec(find(docs, "Deployment", "samserve-triton")), "triton")
+    args = triton["args"]
+    assert "--grpc-use-ssl-mutual=true" in args
+    restricted = next(a for a in args if a.startswith("--grpc-restricted-protocol="))
+    closed = restricted.split("=", 1)[1].split(":", 1)[0].split(",")
+    assert {"shared-memory", "statistics", "trace", "model-repository"} <= set(closed)
+    assert "inference" not in closed and "health" not in closed
+    # Server-side keepalive that lets the embedding service's pings through.
+    assert "--grpc-keepalive-permit-without-calls=true" in args
+    assert "--grpc-http2-min-recv-ping-interval-without-data=10000" in args
+    statefulsets = by_kind(docs, "StatefulSet")
+    if statefulsets:
+        redis = _container(pod_spec(statefulsets[0]), "redis")["command"]
+        flag = lambda name: redis[redis.index(name) + 1]  # noqa: E731
+        assert flag("--port") == "0" and flag("--tls-port") == "6379"
+        assert flag("--tls-auth-clients") == "yes" and flag("--aclfile") == "/acl/users.acl"
+        assert "--requirepass" not in redis
+
+
+def test_dev_stays_plaintext():
+    docs = render("dev")
+    assert not by_kind(docs, "Certificate", "Issuer")
+    for name in SERVICES:
+        c = next(c for c in containers(docs) if c.spec["name"] == name)
+        assert "SAMSERVE_TLS_CERT" not in {e["name"] for e in c.spec["env"]}
+
+
+def test_triton_flags_are_tritonservers():
+    """Every flag the manifests pass Triton is one the local tritonserver (2.51) knows."""
+    try:
+        from samserve.triton_server import find_tritonserver, server_env
+    except ImportError as e:
+        pytest.skip(f"samserve.triton_server: {e}")
+    dist = find_tritonserver()
+    if dist is None:
+        pytest.skip("no tritonserver (pip install 'samserve[triton]')")
+    import subprocess
+
+    proc = subprocess.run([str(dist.binary), "--help"], capture_output=True, text=True,
+                          env=server_env(dist), timeout=60)  # fmt: skip
+    known = set(re.findall(r"^\s+(--[a-z0-9-]+)", proc.stdout + proc.stderr, re.M))
+    assert "--grpc-use-ssl-mutual" in known, proc.stdout[-2000:]
+    for variant in ("dev", "prod"):
+        triton = _container(
+            pod_spec(find(render(variant), "Deployment", "samserve-triton")), "triton"
+        )
+        for arg in triton["args"][1:]:
+            assert arg.split("=", 1)[0] in known, arg
