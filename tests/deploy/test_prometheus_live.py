@@ -132,7 +132,7 @@ def _hostport(url: str) -> str:
 
 @pytest.fixture(scope="module")
 def redis_exporter(stack) -> Iterator[str | None]:
-    """The Redis pod's exporter sidecar, as prod renders its arguments, on the stack's Redis;
+    """The Redis pod's exporter sidecar, as dev renders its arguments, on the stack's Redis;
     its address, or None when the program is not installed."""
     binary = shutil.which("prometheus-redis-exporter")
     if binary is None:
@@ -140,7 +140,9 @@ def redis_exporter(stack) -> Iterator[str | None]:
         return
     from samserve.stack import free_port
 
-    pod = find(render("prod"), "StatefulSet", "samserve-redis")["spec"]["template"]["spec"]
+    # dev's arguments: the local stack's Redis is plaintext, like dev's (prod's adds TLS and
+    # an ACL user, which tests/deploy/test_commands.py runs).
+    pod = find(render("dev"), "StatefulSet", "samserve-redis")["spec"]["template"]["spec"]
     side = next(c for c in pod["containers"] if c["name"] == "redis-exporter")
     address = f"127.0.0.1:{free_port()}"
     redis_hostport = _hostport(stack["redis"])
