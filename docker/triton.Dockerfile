@@ -8,9 +8,21 @@
 # CPU-only (dev) build, much smaller: add
 #   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # No weights in the image: the vit_* configs read /checkpoints (a volume).
-
-# 24.12 and later: Ubuntu 24.04 with Python 3.12, which samserve supports (>= 3.11).
-ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.12-py3
+#
+# CUDA: the base image and torch must agree, and the node's driver must be new enough for
+# both. 25.10 is CUDA 13.0 (Ubuntu 24.04, Python 3.12); torch comes from PyTorch's cu130
+# index, the same CUDA 13.0 build PyPI serves; a RUN step below refuses any other pairing.
+# Nodes need an R580 or newer driver (CUDA 13.0's minimum, 580.65.06); with an older one
+# Triton would fail at its first CUDA call and, under --exit-on-error, CrashLoop. The prod
+# overlay schedules Triton only on nodes whose driver GPU Feature Discovery reports as 580+.
+# Moving the base to another release means moving TORCH_INDEX_URL to its CUDA (cuXYZ).
+#
+# Size and pull time: the -pyt-python-py3 flavour carries only the PyTorch and Python
+# backends (the -py3 one adds TensorRT, ONNX Runtime, OpenVINO, DALI and more, none used);
+# torch sits in its own layer below samserve's, so a samserve release re-pulls megabytes, not
+# gigabytes; on GKE, Artifact Registry with image streaming starts the container before the
+# pull ends (docs/deploy.md, "Images").
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.10-pyt-python-py3
 ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 
 # Wheels of the two samserve distributions, built without the sources reaching the final image.
@@ -31,12 +43,18 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/*
-# torch from PyPI is the CUDA build; the versions the Makefile pins.
-ARG TORCH_INDEX_URL=https://pypi.org/simple
+# torch built for the base image's CUDA (see the top); the versions the Makefile pins.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
+# Then refuse a torch whose CUDA is not the image's (CUDA_VERSION is set by every NGC image,
+# e.g. 13.0.2.006); a CPU build (dev) has no CUDA.
 RUN pip install --index-url "${TORCH_INDEX_URL}" \
-        "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
+        "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
+    && python3 -c 'import os, torch; \
+base = os.environ["CUDA_VERSION"].split(".")[:2]; \
+built = torch.version.cuda; \
+assert built is None or built.split(".")[:2] == base, f"torch CUDA {built}, image CUDA {base}"'
 COPY --from=wheels /wheels /tmp/wheels
 RUN pip install /tmp/wheels/*.whl && rm -rf /tmp/wheels
 COPY triton_models /opt/samserve/triton_models

@@ -7,10 +7,12 @@ receive), never the source files one by one.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -21,12 +23,31 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-OVERLAYS = ("dev", "prod")
+#: The overlays an operator applies: dev, the shared prod layer, and its platform leaves.
+OVERLAYS = ("dev", "prod", "prod-gke", "prod-eks", "prod-generic")
+#: Every kustomize Component under deploy/components (a directory whose kustomization.yaml
+#: says ``kind: Component``), by its path below deploy/components.
+COMPONENTS = tuple(
+    sorted(
+        str(k.parent.relative_to(DEPLOY / "components"))
+        for k in (DEPLOY / "components").rglob("kustomization.yaml")
+        if re.search(r"^kind: Component$", k.read_text(), re.M)
+    )
+)
+#: What the policy tests check: every overlay, and prod with each component on its own
+#: ("prod+dns/cloud-dns"), so a component that breaks a rule fails by name.
+_IN_PROD = re.findall(
+    r"components/([\w/-]+)", (DEPLOY / "overlays/prod/kustomization.yaml").read_text()
+)
+VARIANTS = OVERLAYS + tuple(f"prod+{c}" for c in COMPONENTS if c not in _IN_PROD)
+PROD_VARIANTS = tuple(v for v in VARIANTS if v != "dev")
 #: The oldest Kubernetes the manifests are for (preStop sleep, gRPC probes) and the newest
 #: schema kubernetes-validate ships; core objects are validated against both.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 NAMESPACE = "samserve"
-WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+#: Kinds without a namespace.
+CLUSTER_SCOPED = ("Namespace", "StorageClass", "PersistentVolume")
 
 Doc = dict[str, Any]
 
@@ -52,24 +73,50 @@ def promtool() -> str:
     return tool("promtool", "apt-get install prometheus (promtool ships with it)")
 
 
-@cache
-def _render(overlay: str, kubectl_path: str) -> str:
+def _kustomize(kubectl_path: str, path: Path, what: str) -> str:
     proc = subprocess.run(
-        [kubectl_path, "kustomize", str(DEPLOY / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [kubectl_path, "kustomize", str(path)], capture_output=True, text=True, timeout=60
     )
     if proc.returncode != 0:
-        raise AssertionError(f"kubectl kustomize {overlay} failed:\n{proc.stderr}")
+        raise AssertionError(f"kubectl kustomize {what} failed:\n{proc.stderr}")
     return proc.stdout
 
 
-def render(overlay: str) -> list[Doc]:
-    """The objects of ``deploy/overlays/<overlay>`` as ``kubectl kustomize`` renders them."""
+@cache
+def _render(variant: str, kubectl_path: str) -> str:
+    overlay, _, components = variant.partition("+")
+    if not components:
+        return _kustomize(kubectl_path, DEPLOY / "overlays" / overlay, overlay)
+    # A leaf overlay made for the test: the overlay plus the components (kustomize wants
+    # relative paths, and a leaf sets the namespace and images of what components add).
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def rel(p: Path) -> str:
+            return os.path.relpath(p, tmp)
+
+        lines = [
+            "apiVersion: kustomize.config.k8s.io/v1beta1",
+            "kind: Kustomization",
+            f"namespace: {NAMESPACE}",
+            "resources:",
+            f"  - {rel(DEPLOY / 'overlays' / overlay)}",
+            "components:",
+            *(f"  - {rel(DEPLOY / 'components' / c)}" for c in components.split("+")),
+        ]
+        Path(tmp, "kustomization.yaml").write_text("\n".join(lines) + "\n")
+        return _kustomize(kubectl_path, Path(tmp), variant)
+
+
+def render(variant: str) -> list[Doc]:
+    """The objects ``kubectl kustomize`` renders for ``variant``.
+
+    ``variant`` is an overlay (``prod``) or an overlay plus components (``prod+dns/cloud-dns``
+    or ``prod+checkpoints/efs+checkpoint-fill``), paths below deploy/overlays and
+    deploy/components.
+    """
     yaml = pytest.importorskip("yaml", reason="pip install pyyaml")
 
-    return [d for d in yaml.safe_load_all(_render(overlay, kubectl())) if d]
+    return [d for d in yaml.safe_load_all(_render(variant, kubectl())) if d]
 
 
 def by_kind(docs: list[Doc], *kinds: str) -> list[Doc]:
@@ -81,6 +128,24 @@ def find(docs: list[Doc], kind: str, name: str) -> Doc:
         if d["kind"] == kind and d["metadata"]["name"] == name:
             return d
     raise AssertionError(f"no {kind}/{name} in the rendered objects")
+
+
+#: kustomize's content-hash suffix on generated names.
+HASH_SUFFIX = re.compile(r"-[a-z0-9]{10}$")
+
+
+def generated(docs: list[Doc], kind: str, name: str) -> Doc:
+    """The object kustomize generated as ``name`` (its rendered name carries a hash suffix)."""
+    for d in docs:
+        rendered = d["metadata"]["name"]
+        if d["kind"] == kind and HASH_SUFFIX.sub("", rendered) == name and rendered != name:
+            return d
+    raise AssertionError(f"no generated {kind}/{name}-<hash> in the rendered objects")
+
+
+def config(docs: list[Doc], name: str = "samserve-config") -> dict[str, str]:
+    """The data of a generated ConfigMap (samserve-config, samserve-model, ...)."""
+    return dict(generated(docs, "ConfigMap", name)["data"])
 
 
 @dataclass(frozen=True)
@@ -100,6 +165,11 @@ class Container:
         kind = "init container" if self.init else "container"
         w = self.workload
         return f"{w['kind']}/{w['metadata']['name']} {kind} {self.spec['name']}"
+
+
+def pod_spec(workload: Doc) -> Doc:
+    """The pod template spec of a Deployment, StatefulSet or Job."""
+    return workload["spec"]["template"]["spec"]  # type: ignore[no-any-return]
 
 
 def containers(docs: list[Doc]) -> Iterator[Container]:
@@ -148,6 +218,11 @@ class Expr:
     @property
     def needs_gpu(self) -> bool:
         return "nv_gpu_" in self.expr
+
+    @property
+    def needs_redis_exporter(self) -> bool:
+        """Redis's own metrics (redis_*), from the exporter sidecar."""
+        return re.search(r"(?<![a-z_])redis_", self.expr) is not None
 
 
 def dashboard(docs: list[Doc]) -> Doc:

@@ -153,8 +153,38 @@ def test_images_match_manifests():
     init = find(docs, "Deployment", "samserve-triton")["spec"]["template"]["spec"][
         "initContainers"
     ][0]
-    assert "/opt/samserve/triton_models/" in " ".join(init["args"])
+    assert "/opt/samserve/triton_models}" in " ".join(init["args"])
     for name, (image, uid) in IMAGES.items():
         c = by_image[image]
         pod_uid = c.pod["securityContext"]["runAsUser"]
         assert pod_uid == uid, f"{name}: USER {uid} but the manifests run {pod_uid}"
+
+
+#: The CUDA of NGC Triton releases (their release notes), as major.minor.
+TRITON_CUDA = {"24.12": "12.6", "25.03": "12.8", "25.08": "13.0", "25.10": "13.0", "26.02": "13.1"}
+
+
+def _args(path: Path) -> dict[str, str]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    return dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+
+
+def test_triton_torch_matches_the_base_images_cuda():
+    """torch's CUDA build is the base image's CUDA, and a build step refuses any other."""
+    args = _args(DOCKER / "triton.Dockerfile")
+    release = re.search(r"tritonserver:(\d\d\.\d\d)-", args["TRITON_IMAGE"])
+    assert release, args["TRITON_IMAGE"]
+    cuda = TRITON_CUDA[release.group(1)]
+    index = re.search(r"/whl/cu(\d+)(\d)$", args["TORCH_INDEX_URL"])
+    assert index, f"{args['TORCH_INDEX_URL']}: name the CUDA build (…/whl/cuXYZ)"
+    assert f"{index.group(1)}.{index.group(2)}" == cuda, (args["TRITON_IMAGE"], cuda)
+    text = (DOCKER / "triton.Dockerfile").read_text()
+    assert 'os.environ["CUDA_VERSION"]' in text and "torch.version.cuda" in text
+    # The Makefile's torch is the one the image installs.
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"torch=={args['TORCH_VERSION']}" in makefile
+
+
+def test_triton_image_is_the_slim_flavour():
+    """Only the PyTorch and Python backends: the all-backends image is gigabytes more."""
+    assert _args(DOCKER / "triton.Dockerfile")["TRITON_IMAGE"].endswith("-pyt-python-py3")

@@ -1,4 +1,5 @@
-"""Every overlay renders with ``kubectl kustomize`` and every object is valid.
+"""Every overlay, and prod with each component, renders with ``kubectl kustomize`` and every
+object is valid.
 
 Core Kubernetes objects are validated strictly (unknown fields rejected) against the
 Kubernetes OpenAPI schemas that ``kubernetes-validate`` ships, for the oldest and the newest
@@ -16,11 +17,14 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.manifests import (
+    CLUSTER_SCOPED,
+    DEPLOY,
     K8S_VERSIONS,
     NAMESPACE,
-    OVERLAYS,
+    VARIANTS,
     WORKLOAD_KINDS,
     by_kind,
+    config,
     containers,
     find,
     render,
@@ -35,15 +39,27 @@ CRD_SCHEMAS = {
     "ScaledObject": "scaledobject.json",
     "PodMonitor": "podmonitor.json",
     "PrometheusRule": "prometheusrule.json",
+    "Certificate": "certificate.json",
+    "Issuer": "issuer.json",
 }
-#: Objects that the operator creates, not the manifests (docs/deploy.md, "before you apply").
-EXTERNAL = {
-    "prod": {("Secret", "samserve-redis"), ("PersistentVolumeClaim", "sam-checkpoints")},
-    "dev": set(),
+#: Objects that the operator creates, not the manifests (docs/deploy.md, "before you apply"):
+#: the Redis password, the checkpoint source URL (fill Job), and the checkpoint volume where
+#: no checkpoints component defines it.
+EXTERNAL_PROD = {
+    ("Secret", "samserve-redis"),
+    ("Secret", "samserve-redis-acl"),
+    ("Secret", "samserve-auth-tokens"),
+    ("Secret", "samserve-checkpoint-source"),
+    ("Secret", "samserve-redis-external-ca"),
+    ("PersistentVolumeClaim", "sam-checkpoints"),
 }
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+def external(variant: str) -> set[tuple[str, str]]:
+    return set() if variant == "dev" else EXTERNAL_PROD
+
+
+@pytest.mark.parametrize("overlay", VARIANTS)
 def test_renders_expected_objects(overlay):
     docs = render(overlay)
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
@@ -52,29 +68,37 @@ def test_renders_expected_objects(overlay):
         ("Deployment", "samserve-embedding"),
         ("Deployment", "samserve-decoder"),
         ("Deployment", "samserve-triton"),
-        ("StatefulSet", "samserve-redis"),
         ("Service", "samserve-embedding"),
         ("Service", "samserve-decoder"),
         ("Service", "samserve-triton"),
-        ("Service", "samserve-redis"),
         ("NetworkPolicy", "default-deny"),
+        # The in-cluster Redis, unless the deployment uses an external one.
+        *(
+            [("StatefulSet", "samserve-redis"), ("Service", "samserve-redis")]
+            if "redis-external" not in overlay
+            else []
+        ),
     ]:
         assert expected in names, f"{overlay}: {expected} missing"
     for d in docs:
-        if d["kind"] != "Namespace":
+        if d["kind"] not in CLUSTER_SCOPED:
             assert d["metadata"].get("namespace") == NAMESPACE, d["metadata"]
         assert d["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "samserve", (
             f"{d['kind']}/{d['metadata']['name']} lacks the part-of label samserve status uses"
         )
-    if overlay == "prod":
-        assert {"ScaledObject", "PodDisruptionBudget", "PodMonitor", "PrometheusRule"} <= {
-            d["kind"] for d in docs
-        }
+    if overlay != "dev":
+        kinds = {d["kind"] for d in docs}
+        assert {"ScaledObject", "PodDisruptionBudget", "PodMonitor", "PrometheusRule"} <= kinds
+        assert {"Issuer", "Certificate"} <= kinds
     else:
         assert not by_kind(docs, "ScaledObject", "PodDisruptionBudget")
+    # Components' parameter files (config.kubernetes.io/local-config) never reach a cluster.
+    for d in docs:
+        annotations = d["metadata"].get("annotations", {})
+        assert "config.kubernetes.io/local-config" not in annotations, d["metadata"]["name"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", VARIANTS)
 def test_core_objects_valid_against_kubernetes_schema(overlay):
     errors = []
     checked = 0
@@ -96,7 +120,7 @@ def test_core_objects_valid_against_kubernetes_schema(overlay):
     assert checked > 0
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", VARIANTS)
 def test_crd_objects_structurally_valid(overlay):
     here = Path(__file__).parent / "schemas"
     schemas = {k: json.loads((here / v).read_text()) for k, v in CRD_SCHEMAS.items()}
@@ -111,6 +135,22 @@ def test_crd_objects_structurally_valid(overlay):
             for e in validator.iter_errors(d)
         ]
     assert not errors, "\n".join(errors)
+
+
+def test_certificate_schemas_reject_mistakes():
+    here = Path(__file__).parent / "schemas"
+    cert = find(render("prod"), "Certificate", "samserve-embedding-tls")
+    validator = jsonschema.Draft202012Validator(json.loads((here / "certificate.json").read_text()))
+    assert not list(validator.iter_errors(cert))
+    for mutate in (
+        lambda c: c["spec"].pop("issuerRef"),
+        lambda c: c["spec"].update(duration="90d"),
+        lambda c: c["spec"].update(usages=["server"]),
+        lambda c: c["spec"].update(dnsName=["x"]),
+    ):
+        bad = json.loads(json.dumps(cert))
+        mutate(bad)
+        assert list(validator.iter_errors(bad)), bad["spec"]
 
 
 def test_crd_schemas_reject_mistakes():
@@ -147,11 +187,16 @@ def test_scaledobject_hpa_behavior_valid():
             kubernetes_validate.validate(hpa, version, strict=True)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", VARIANTS)
 def test_references_resolve(overlay):
     """Secrets, ConfigMaps, PVCs and ServiceAccounts that pods use exist (or are documented)."""
     docs = render(overlay)
-    have = {(d["kind"], d["metadata"]["name"]) for d in docs} | EXTERNAL[overlay]
+    have = {(d["kind"], d["metadata"]["name"]) for d in docs} | external(overlay)
+    # cert-manager writes each Certificate's Secret; an Issuer's CA Secret is one of them.
+    have |= {("Secret", c["spec"]["secretName"]) for c in by_kind(docs, "Certificate")}
+    for issuer in by_kind(docs, "Issuer"):
+        if "ca" in issuer["spec"]:
+            assert ("Secret", issuer["spec"]["ca"]["secretName"]) in have
     missing = set()
     for c in containers(docs):
         for src in c.spec.get("envFrom", []):
@@ -182,18 +227,56 @@ def test_references_resolve(overlay):
 
 def test_overlays_choose_model_and_hardware():
     dev, prod = render("dev"), render("prod")
-    dev_cfg = find(dev, "ConfigMap", "samserve-config")["data"]
-    prod_cfg = find(prod, "ConfigMap", "samserve-config")["data"]
-    assert dev_cfg["SAMSERVE_MODEL"] == "tiny"
-    assert dev_cfg["SAMSERVE_TRITON_MODEL"] == "sam_image_encoder_tiny"
-    assert "SAMSERVE_CHECKPOINT" not in dev_cfg  # tiny's shipped weights, no volume
-    assert prod_cfg["SAMSERVE_MODEL"] == "vit_h"
-    assert prod_cfg["SAMSERVE_TRITON_MODEL"] == "sam_image_encoder_vit_h"
-    # The checkpoint the services load is the one Triton's vit_h config names.
-    config = Path(__file__).resolve().parents[2] / "triton_models" / "sam_image_encoder_vit_h"
-    assert prod_cfg["SAMSERVE_CHECKPOINT"] in (config / "config.pbtxt").read_text()
+    dev_model, prod_model = config(dev, "samserve-model"), config(prod, "samserve-model")
+    assert dev_model["SAMSERVE_MODEL"] == "tiny"
+    assert "SAMSERVE_CHECKPOINT" not in dev_model  # tiny's shipped weights, no volume
+    assert prod_model["SAMSERVE_MODEL"] == "vit_h"
+    assert prod_model["SAMSERVE_CHECKPOINT"] == "/checkpoints/sam_vit_h_4b8939.pth"
     for docs, gpu in ((dev, False), (prod, True)):
         for c in containers(docs):
             limits = c.spec["resources"].get("limits", {})
             expect = gpu and c.spec["name"] == "triton"
             assert ("nvidia.com/gpu" in limits) == expect, c.where
+
+
+@pytest.mark.parametrize("overlay", VARIANTS)
+def test_model_identity_has_one_source(overlay):
+    """The variant, checkpoint path and model id live in samserve-model alone.
+
+    Every pod that runs the model reads them from there (envFrom), nothing sets them
+    elsewhere, and Triton's model name and checkpoint follow from them (its init container
+    copies sam_image_encoder_<variant> and writes SAMSERVE_CHECKPOINT into its config).
+    """
+    docs = render(overlay)
+    keys = {"SAMSERVE_MODEL", "SAMSERVE_CHECKPOINT", "SAMSERVE_EXPECT_MODEL_ID"}
+    model = config(docs, "samserve-model")
+    assert set(model) <= keys and {"SAMSERVE_MODEL", "SAMSERVE_EXPECT_MODEL_ID"} <= set(model)
+    # The id names the variant it was computed for.
+    variant, _, digest = model["SAMSERVE_EXPECT_MODEL_ID"].rpartition("-")
+    assert variant == model["SAMSERVE_MODEL"] and len(digest) == 16, model
+    int(digest, 16)
+    assert not keys & set(config(docs, "samserve-config"))
+    # Triton's model name follows the variant (the services' default), never set twice.
+    assert "SAMSERVE_TRITON_MODEL" not in config(docs, "samserve-config")
+    model_cm = f"samserve-model-{config_suffix(docs, 'samserve-model')}"
+    for c in containers(docs):
+        if c.spec["name"] in ("embedding", "decoder", "model-repository", "fill"):
+            refs = [s["configMapRef"]["name"] for s in c.spec.get("envFrom", [])]
+            assert model_cm in refs, c.where
+        for env in c.spec.get("env", []):
+            assert env["name"] not in keys, f"{c.where} sets {env['name']} itself"
+
+
+def config_suffix(docs, name: str) -> str:
+    from tests.deploy.manifests import generated
+
+    return generated(docs, "ConfigMap", name)["metadata"]["name"].rsplit("-", 1)[1]
+
+
+def test_dev_model_id_is_the_shipped_weights():
+    """dev runs tiny's shipped weights: its expected id is theirs (a retrained tiny moves it)."""
+    from samserve.core.models import load_model
+
+    model = config(render("dev"), "samserve-model")
+    assert model["SAMSERVE_EXPECT_MODEL_ID"] == load_model("tiny").model_id
+    assert (DEPLOY / "base" / "model.env").read_text().count(model["SAMSERVE_EXPECT_MODEL_ID"])

@@ -12,7 +12,12 @@ from a real Prometheus scraping a real samserve stack.
   operands (``A`` in ``A > 0.05``) must return data, and the condition itself must evaluate.
 
 Expressions on Triton's metrics are skipped (and listed) when the stack runs the local
-encoder; GPU expressions when Triton runs without a GPU.
+encoder; GPU expressions when Triton runs without a GPU; Redis's own metrics when Debian's
+``prometheus-redis-exporter`` (the sidecar's program) is not installed.
+
+The autoscaler's busy-GPU arithmetic is checked on Triton's real counters under a load that
+forms batches: Triton adds a batch's compute time to each of its requests, so the raw rate
+exceeds one busy instance, and the trigger's correction brings it back to at most 1.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from tests.deploy.manifests import (
     concrete,
     condition_operands,
     expressions,
+    find,
     render,
 )
 
@@ -124,7 +130,36 @@ def _hostport(url: str) -> str:
     return urllib.parse.urlsplit(url).netloc
 
 
-def _scrape_config(stack: dict[str, Any], rules_file: Path) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def redis_exporter(stack) -> Iterator[str | None]:
+    """The Redis pod's exporter sidecar, as dev renders its arguments, on the stack's Redis;
+    its address, or None when the program is not installed."""
+    binary = shutil.which("prometheus-redis-exporter")
+    if binary is None:
+        yield None
+        return
+    from samserve.stack import free_port
+
+    # dev's arguments: the local stack's Redis is plaintext, like dev's (prod's adds TLS and
+    # an ACL user, which tests/deploy/test_commands.py runs).
+    pod = find(render("dev"), "StatefulSet", "samserve-redis")["spec"]["template"]["spec"]
+    side = next(c for c in pod["containers"] if c["name"] == "redis-exporter")
+    address = f"127.0.0.1:{free_port()}"
+    redis_hostport = _hostport(stack["redis"])
+    args = [
+        f"-web.listen-address={address}"
+        if a.startswith("-web.listen-address=")
+        else a.replace("127.0.0.1:6379", redis_hostport)
+        for a in side["args"]
+    ]
+    proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield address
+    finally:
+        _stop(proc, timeout=10)
+
+
+def _scrape_config(stack: dict[str, Any], rules_file: Path, exporter: str | None) -> dict[str, Any]:
     """prometheus-local.yml with the stack's addresses, 1 s intervals and the alert rules."""
     config = yaml.safe_load((DEPLOY / "monitoring" / "prometheus-local.yml").read_text())
     targets = {
@@ -133,6 +168,8 @@ def _scrape_config(stack: dict[str, Any], rules_file: Path) -> dict[str, Any]:
     }
     if "triton" in stack:
         targets["triton"] = _hostport(stack["triton"]["metrics"])
+    if exporter is not None:
+        targets["redis-exporter"] = exporter
     jobs = []
     for job in config["scrape_configs"]:
         statics = []
@@ -206,7 +243,7 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def prometheus(stack, tmp_path_factory) -> Iterator[Prometheus]:
+def prometheus(stack, redis_exporter, tmp_path_factory) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("prometheus not found: apt-get install prometheus")
@@ -220,7 +257,7 @@ def prometheus(stack, tmp_path_factory) -> Iterator[Prometheus]:
             r.pop("for", None)
     rules_file = workdir / "samserve.rules.yml"
     rules_file.write_text(yaml.safe_dump(spec))
-    prom = Prometheus(binary, workdir, _scrape_config(stack, rules_file))
+    prom = Prometheus(binary, workdir, _scrape_config(stack, rules_file, redis_exporter))
     try:
         prom.wait_ready()
         yield prom
@@ -256,15 +293,20 @@ def _drive_traffic(stack: dict[str, Any], seconds: float) -> None:
                 list(pool.map(c.embed, [burst] * 4))
 
 
-def test_every_expression_returns_data(stack, prometheus, capsys):
+def test_every_expression_returns_data(stack, prometheus, redis_exporter, capsys):
     prom = prometheus
-    expected_up = 3 if "triton" in stack else 2
+    expected_up = (3 if "triton" in stack else 2) + (redis_exporter is not None)
     _wait(lambda: len(prom.query("up == 1")) == expected_up, 60, f"{expected_up} targets up")
     _drive_traffic(stack, seconds=8)
     # Two scrapes after the last call, so every counter's last increase is stored.
     time.sleep(2.5)
 
     gpu = "triton" in stack and bool(prom.query("nv_gpu_utilization"))
+    # Metrics the alerts name ahead of the servers (samserve_degraded): listed, not failed.
+    exported = {
+        r["metric"]["__name__"]
+        for r in prom.query('count by (__name__) ({__name__=~"samserve_.+"})')
+    }
     skipped: list[str] = []
     failures: list[str] = []
     checked = 0
@@ -274,6 +316,13 @@ def test_every_expression_returns_data(stack, prometheus, capsys):
             continue
         if e.needs_gpu and not gpu:
             skipped.append(f"{e.where} (Triton runs without a GPU here)")
+            continue
+        if e.needs_redis_exporter and redis_exporter is None:
+            skipped.append(f"{e.where} (no prometheus-redis-exporter: apt-get install it)")
+            continue
+        missing = set(re.findall(r"\bsamserve_[a-z_]+", e.expr)) - exported
+        if missing:
+            skipped.append(f"{e.where} (this server does not export {sorted(missing)} yet)")
             continue
         expr = concrete(e.expr, WINDOW)
         try:
@@ -317,3 +366,54 @@ def test_rules_evaluate_without_errors(stack, prometheus):
     for container in ("embedding", "decoder"):
         assert labels[container]["namespace"] == "samserve"
         assert labels[container]["app_kubernetes_io_part_of"] == "samserve"
+
+
+def test_gpu_busy_arithmetic(stack, prometheus):
+    """The Triton autoscaler's busy-time query against the raw counter, under batching load.
+
+    Triton counts a batch's compute time once per request, and the python backend adds the
+    time a batch waits for the previous one: the raw rate exceeds 1 for one model instance,
+    the batch-size correction (raw / average batch) still can while the instance is
+    saturated, and the trigger caps each pod at 1. So: raw > 1, corrected = raw / batch,
+    busy = min(corrected, 1).
+    """
+    if "triton" not in stack:
+        pytest.skip(f"no Triton: {stack['encoder_note']}")
+    from samserve_client import SamClient
+
+    (so,) = [s for s in by_kind(render("prod"), "ScaledObject")
+             if s["metadata"]["name"] == "samserve-triton"]  # fmt: skip
+    busy_query = next(t for t in so["spec"]["triggers"] if t["name"] == "gpu-busy")["metadata"]
+    busy_expr = concrete(busy_query["query"], WINDOW)
+    selector = 'namespace="samserve", model=~"sam_image_encoder_.*"'
+    raw_expr = f"sum(rate(nv_inference_compute_infer_duration_us{{{selector}}}[{WINDOW}])) / 1e6"
+    batch_expr = (
+        f"sum(rate(nv_inference_request_success{{{selector}}}[{WINDOW}]))"
+        f" / sum(rate(nv_inference_exec_count{{{selector}}}[{WINDOW}]))"
+    )
+
+    rng = np.random.default_rng(7)
+    deadline = time.monotonic() + 24
+    with SamClient(embedding_address=stack["embedding"], decoder_address=stack["decoder"]) as c:
+
+        def embed_fresh(_: int) -> None:
+            c.embed(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+
+        with ThreadPoolExecutor(8) as pool:
+            while time.monotonic() < deadline:
+                list(pool.map(embed_fresh, range(16)))
+    time.sleep(2.5)
+
+    def value(expr: str) -> float:
+        result = prometheus.query(expr)
+        assert result, f"no data: {expr}"
+        return float(result[0]["value"][1])
+
+    busy, raw, batch = value(busy_expr), value(raw_expr), value(batch_expr)
+    corrected = raw / batch
+    print(f"\n[prometheus live] raw {raw:.3f}, batch {batch:.2f}, corrected {corrected:.3f}, "
+          f"busy {busy:.3f}")  # fmt: skip
+    assert batch > 1.5, "the load formed no batches; the check would prove nothing"
+    assert raw > 1.05, "Triton did not count a batch's time once per request"
+    assert busy == pytest.approx(min(corrected, 1.0), rel=0.02)
+    assert busy <= 1.0
