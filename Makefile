@@ -19,10 +19,11 @@ setup: $(STAMP) $(VENDOR)/.installed
 # chromium: the web page's browser tests (playwright drives Debian's build).
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@command -v redis-server >/dev/null && command -v promtool >/dev/null && \
-		command -v chromium >/dev/null || { \
+		command -v chromium >/dev/null && command -v shellcheck >/dev/null && \
+		command -v prometheus-redis-exporter >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
-			apt-get install -y -qq --no-install-recommends redis-server prometheus chromium; \
-		else echo "missing: sudo apt-get install redis-server prometheus chromium" >&2; \
+			apt-get install -y -qq --no-install-recommends redis-server prometheus chromium prometheus-redis-exporter shellcheck; \
+		else echo "missing: sudo apt-get install redis-server prometheus chromium prometheus-redis-exporter shellcheck" >&2; \
 			exit 1; fi; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

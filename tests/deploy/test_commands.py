@@ -52,7 +52,7 @@ def tiny_checkpoint(tmp_path_factory) -> tuple[Path, str]:
 
 
 def _run_init(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """Triton's rendered init script, with `samserve checkpoint` as samserve.checkpoints."""
+    """Triton's rendered init script, with `samserve checkpoint` as samserve.cli.checkpoint."""
     init = pod_spec(find(render("prod"), "Deployment", "samserve-triton"))["initContainers"][0]
     assert init["command"] == ["/bin/sh", "-c"]
     bindir = tmp_path / "bin"
@@ -60,7 +60,7 @@ def _run_init(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     shim = bindir / "samserve"
     shim.write_text(
         f'#!/bin/sh\n[ "$1" = checkpoint ] || exit 2\nshift\n'
-        f'exec {sys.executable} -m samserve.checkpoints "$@"\n'
+        f'exec {sys.executable} -m samserve.cli.checkpoint "$@"\n'
     )
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     repo = tmp_path / "models"

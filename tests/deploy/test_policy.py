@@ -454,7 +454,7 @@ def _export_deadline() -> float:
     """`samserve export --timeout`'s default: the longest a SegmentEverything call runs."""
     import argparse
 
-    from samserve.export import add_cli_args
+    from samserve_client.cli.export import add_cli_args
 
     parser = argparse.ArgumentParser()
     add_cli_args(parser, {})

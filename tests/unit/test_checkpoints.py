@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from samserve import checkpoints
-from samserve.checkpoints import main
+from samserve.cli.checkpoint import main
 from samserve.core.models import SHIPPED_TINY, load_model, random_sam
 
 pytestmark = pytest.mark.timeout(120)

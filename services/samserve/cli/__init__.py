@@ -6,6 +6,7 @@
     samserve export-onnx        the official ONNX decoder of a model (cli/export_onnx.py)
     samserve web                an interactive page over both services (samserve_client.web)
     samserve status             a deployment's health on Kubernetes (cli/status.py)
+    samserve checkpoint         fetch, verify or identify a checkpoint (cli/checkpoint.py)
 
 Every flag, its ``SAMSERVE_*`` twin and its default come from the settings classes in
 ``samserve.config``; docs/configuration.md is generated from this parser (cli/docs.py).
@@ -77,8 +78,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     client_cli.register(sub, env)
 
-    from samserve.cli import export_onnx
+    from samserve.cli import checkpoint, export_onnx
 
+    checkpoint.add_cli_args(
+        sub.add_parser("checkpoint", help="fetch, verify or identify a SAM checkpoint"), env
+    )
     export_onnx.add_cli_args(
         sub.add_parser("export-onnx", help="write the official ONNX decoder of a model"), env
     )
@@ -111,6 +115,10 @@ def _run(argv: Sequence[str] | None) -> int:
         return run_status(ns)
     if ns.command in client_cli.CLIENT_COMMANDS:
         return client_cli.run(ns)
+    if ns.command == "checkpoint":
+        from samserve.cli import checkpoint
+
+        return checkpoint.run(ns)
     if ns.command == "export-onnx":
         from samserve.cli import export_onnx
 

@@ -44,7 +44,7 @@ from typing import IO, TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger("samserve.checkpoints")
+log = logging.getLogger(__name__)
 
 #: Public hubs: a deployment fetches from the operator's store, never from these.
 HUB_HOSTS = frozenset(
@@ -322,10 +322,8 @@ def wait(path: Path, expect: str | None, *, timeout: float, interval: float = 5.
         verify(path, expect)
 
 
-def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="samserve checkpoint", description="Fetch and verify SAM checkpoints."
-    )
+def add_cli_args(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """The ``checkpoint`` command's actions and flags."""
     sub = p.add_subparsers(dest="action", required=True)
     expect_default = env.get("SAMSERVE_EXPECT_MODEL_ID")
 
@@ -356,7 +354,6 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     s.add_argument("--expect-model-id", default=expect_default)
     s.add_argument("--timeout", type=float, default=1800.0)
     s.add_argument("--interval", type=float, default=5.0)
-    return p
 
 
 def _require(ns: argparse.Namespace, *names: str) -> None:
@@ -367,11 +364,19 @@ def _require(ns: argparse.Namespace, *names: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """``samserve checkpoint ...``: 0 on success, 1 with a one-line reason on stderr otherwise."""
-    environ = os.environ if env is None else env
-    ns = _parser(environ).parse_args(argv)
+    """``samserve checkpoint ...`` on its own (``python -m samserve.cli.checkpoint``)."""
+    parser = argparse.ArgumentParser(
+        prog="samserve checkpoint", description="Fetch and verify SAM checkpoints."
+    )
+    add_cli_args(parser, os.environ if env is None else env)
+    ns = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    return run(ns)
+
+
+def run(ns: argparse.Namespace) -> int:
+    """Run the parsed action: 0 on success, 1 with a one-line reason on stderr otherwise."""
     try:
         if ns.action == "id":
             print(model_id(ns.path, ns.model))
