@@ -12,6 +12,7 @@ from PIL import Image
 
 from samserve.core.models import LoadedModel, load_model
 from samserve.procs.redis import RedisProcess
+from tests.pki import Pki, make_pki
 from tests.stack import StackThread
 from tools.shapes import make_shapes_image
 
@@ -31,6 +32,13 @@ def redis_url(redis_server: RedisProcess) -> str:
     r.flushall()
     r.close()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Certificates for TLS tests (one CA for the servers and clients, another CA, an
+    expired client certificate)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ without sharing the servers' loop. Everything is real: gRPC on loopback, a real 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -39,9 +40,17 @@ class StackThread:
         store_dtype: str = "float16",
         decoder: DecoderSettings | None = None,
         embedder: EmbedderSettings | None = None,
+        server: ServerSettings | None = None,
+        store: StoreSettings | None = None,
     ) -> None:
         self.model = model
-        self.store = StoreSettings(redis_url=redis_url, ttl_seconds=ttl_seconds, dtype=store_dtype)
+        self.store = store or StoreSettings(
+            redis_url=redis_url, ttl_seconds=ttl_seconds, dtype=store_dtype
+        )
+        # Both services on loopback with free ports; TLS and tokens come from ``server``.
+        self.server = dataclasses.replace(
+            server or ServerSettings(), host="127.0.0.1", port=0, metrics_port=0, grace=5
+        )
         self.limits = limits or Limits()
         self.decoder_settings = decoder
         self.embedder_settings = embedder
@@ -60,7 +69,7 @@ class StackThread:
         return self
 
     def start_embedding(self) -> None:
-        server = ServerSettings(port=0, metrics_port=0, grace=5)
+        server = self.server
         self.embedding = self.call(
             start_embedding(
                 self.model, self.store, self.limits, server, settings=self.embedder_settings
@@ -68,7 +77,7 @@ class StackThread:
         )
 
     def start_decoder(self) -> None:
-        server = ServerSettings(port=0, metrics_port=0, grace=5)
+        server = self.server
         self.decoder = self.call(
             start_decoder(self.model, self.store, self.limits, server, self.decoder_settings)
         )

@@ -24,10 +24,12 @@ from samserve.core.errors import ConfigError
 from samserve.core.metrics import Metrics
 from samserve.core.models import LoadedModel
 from samserve.core.store import RedisStore
+from samserve.core.tokens import TokenFile
 from samserve.rpc import decoder as decoder_rpc
 from samserve.rpc import embedding as embedding_rpc
 from samserve.rpc.interceptors import ServiceInterceptor
-from samserve.rpc.server import RunningService, build_server
+from samserve.rpc.security import AuthInterceptor, server_credentials
+from samserve.rpc.server import RunningService, build_health_server, build_server
 from samserve_client.pb import decoder_pb2_grpc, embedding_pb2_grpc
 
 #: Encoder runs in flight at once on Triton by default: its dynamic batcher's max_batch_size.
@@ -40,6 +42,9 @@ def _store(settings: StoreSettings) -> RedisStore:
         ttl_seconds=settings.ttl_seconds,
         dtype=settings.dtype,
         timeout=settings.redis_timeout,
+        tls_ca=settings.redis_tls_ca,
+        tls_cert=settings.redis_tls_cert,
+        tls_key=settings.redis_tls_key,
     )
 
 
@@ -60,6 +65,15 @@ async def _serve(
     Raises:
         ConfigError: the gRPC or metrics port cannot be bound (the message names the flag).
     """
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.auth_tokens is not None:
+        interceptors.append(AuthInterceptor(TokenFile(settings.auth_tokens), metrics))
+    interceptors.append(ServiceInterceptor(metrics))
+    credentials = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        credentials = server_credentials(
+            settings.tls_cert, settings.tls_key, settings.tls_client_ca
+        )
     try:
         server, port, health = build_server(
             settings.address,
@@ -67,10 +81,20 @@ async def _serve(
             [service_name],
             max_receive_bytes=limits.max_message_bytes,
             max_send_bytes=limits.max_response_bytes + 1024 * 1024,
-            interceptors=[ServiceInterceptor(metrics)],
+            interceptors=interceptors,
+            credentials=credentials,
         )
     except OSError as e:
         raise ConfigError(f"{settings.port_flag()}: {e}") from None
+    companions = []
+    if settings.health_port:
+        try:
+            health_server, _ = build_health_server(
+                f"{settings.host}:{settings.health_port}", health
+            )
+        except OSError as e:
+            raise ConfigError(f"{settings.port_flag('health_port')}: {e}") from None
+        companions.append(health_server)
 
     async def ready() -> bool:
         up = await store.ping()
@@ -86,6 +110,7 @@ async def _serve(
         service_names=[service_name],
         ready=ready,
         closers=[*closers, store.close],
+        companions=companions,
     )
     try:
         service.start_metrics(metrics.registry, settings.host, settings.metrics_port)

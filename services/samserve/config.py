@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import stat
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -199,6 +200,31 @@ def _check(condition: bool, cls: type[Settings], name: str, message: str) -> Non
         raise ConfigError(f"{cls.flag(name)}: {message}")
 
 
+def _readable(cls: type[Settings], name: str, path: str | None) -> None:
+    """A file setting must name a readable file (checked at start, not at the first call)."""
+    if path is None:
+        return
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise ConfigError(f"{cls.flag(name)}: cannot read {path} ({e.strerror or e})") from None
+
+
+def _check_token_file(path: str) -> None:
+    """The token file exists, is readable, is not world-readable and holds a token."""
+    from samserve.core.tokens import TokenError, read_tokens
+
+    flag = ServerSettings.flag("auth_tokens")
+    _readable(ServerSettings, "auth_tokens", path)
+    if os.stat(path).st_mode & stat.S_IROTH:
+        raise ConfigError(f"{flag}: {path} is world-readable (chmod o-r)")
+    try:
+        read_tokens(path)
+    except TokenError as e:
+        raise ConfigError(f"{flag}: {e}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class LogSettings(Settings):
     """Logging of every command."""
@@ -264,6 +290,13 @@ class StoreSettings(Settings):
         choices=("float16", "float32"),
     )
     redis_timeout: float = setting(2.0, "Redis connect and read timeout, seconds")
+    redis_tls_ca: str | None = setting(
+        None, "CA the Redis server's certificate chains to (rediss://)", metavar="PATH"
+    )
+    redis_tls_cert: str | None = setting(
+        None, "client certificate for Redis (tls-auth-clients)", metavar="PATH"
+    )
+    redis_tls_key: str | None = setting(None, "private key of --redis-tls-cert", metavar="PATH")
 
     def __post_init__(self) -> None:
         _check(
@@ -275,6 +308,21 @@ class StoreSettings(Settings):
         _check(self.ttl_seconds >= 0, StoreSettings, "ttl_seconds", "must be >= 0")
         _check(self.dtype in ("float16", "float32"), StoreSettings, "dtype", "float16 or float32")
         _check(self.redis_timeout > 0, StoreSettings, "redis_timeout", "must be > 0")
+        tls_files = (self.redis_tls_ca, self.redis_tls_cert, self.redis_tls_key)
+        _check(
+            not any(tls_files) or self.redis_url.startswith("rediss"),
+            StoreSettings,
+            "redis_url",
+            "--redis-tls-* files need a rediss:// URL",
+        )
+        _check(
+            (self.redis_tls_cert is None) == (self.redis_tls_key is None),
+            StoreSettings,
+            "redis_tls_key" if self.redis_tls_cert else "redis_tls_cert",
+            "--redis-tls-cert and --redis-tls-key go together",
+        )
+        for name in ("redis_tls_ca", "redis_tls_cert", "redis_tls_key"):
+            _readable(StoreSettings, name, getattr(self, name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,13 +431,54 @@ class ServerSettings(Settings):
     port: int = setting(0, "gRPC port (0 picks a free one)")
     metrics_port: int = setting(0, "Prometheus /metrics port (0 picks a free one)")
     grace: float = setting(10.0, "seconds in-flight calls get to finish when stopping")
+    tls_cert: str | None = setting(
+        None, "serve TLS with this certificate chain (PEM; with --tls-key)", metavar="PATH"
+    )
+    tls_key: str | None = setting(None, "private key of --tls-cert (PEM)", metavar="PATH")
+    tls_client_ca: str | None = setting(
+        None,
+        "also require client certificates signed by this CA (mutual TLS; needs --tls-cert)",
+        metavar="PATH",
+    )
+    auth_tokens: str | None = setting(
+        None,
+        "require 'authorization: Bearer <token>': one token per line, optionally 'name token', "
+        "'#' comments; re-read when it changes; must not be world-readable",
+        metavar="PATH",
+    )
+    health_port: int = setting(
+        0,
+        "also serve grpc.health.v1 alone, in plaintext, on this port (for the kubelet's gRPC "
+        "probe, which cannot speak TLS); 0 = off",
+    )
     #: Flag prefix of this service's port flags in ``samserve up`` (``embedding-``), for messages.
     flag_prefix: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("port", "metrics_port"):
+        for name in ("port", "metrics_port", "health_port"):
             _check(0 <= getattr(self, name) <= 65535, ServerSettings, name, "must be 0..65535")
         _check(self.grace >= 0, ServerSettings, "grace", "must be >= 0")
+        _check(
+            (self.tls_cert is None) == (self.tls_key is None),
+            ServerSettings,
+            "tls_key" if self.tls_cert else "tls_cert",
+            "--tls-cert and --tls-key go together",
+        )
+        _check(
+            self.tls_client_ca is None or self.tls_cert is not None,
+            ServerSettings,
+            "tls_client_ca",
+            "mutual TLS needs --tls-cert and --tls-key",
+        )
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            _readable(ServerSettings, name, getattr(self, name))
+        if self.auth_tokens is not None:
+            _check_token_file(self.auth_tokens)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the service serves TLS."""
+        return self.tls_cert is not None
 
     @property
     def address(self) -> str:
@@ -423,10 +512,31 @@ class EncoderSettings(Settings):
         None, "Triton model name (default sam_image_encoder_<model>)"
     )
     triton_timeout: float = setting(60.0, "seconds per encode on Triton, queue included")
+    triton_tls_ca: str | None = setting(
+        None, "speak TLS to Triton, trusting this CA for its certificate", metavar="PATH"
+    )
+    triton_tls_cert: str | None = setting(
+        None, "client certificate for Triton's mutual TLS (with --triton-tls-key)", metavar="PATH"
+    )
+    triton_tls_key: str | None = setting(None, "private key of --triton-tls-cert", metavar="PATH")
 
     def __post_init__(self) -> None:
         _check(self.kind in ("local", "triton"), EncoderSettings, "kind", "local or triton")
         _check(self.triton_timeout > 0, EncoderSettings, "triton_timeout", "must be > 0")
+        _check(
+            (self.triton_tls_cert is None) == (self.triton_tls_key is None),
+            EncoderSettings,
+            "triton_tls_key" if self.triton_tls_cert else "triton_tls_cert",
+            "--triton-tls-cert and --triton-tls-key go together",
+        )
+        _check(
+            self.triton_tls_cert is None or self.triton_tls_ca is not None,
+            EncoderSettings,
+            "triton_tls_ca",
+            "a Triton client certificate needs --triton-tls-ca",
+        )
+        for name in ("triton_tls_ca", "triton_tls_cert", "triton_tls_key"):
+            _readable(EncoderSettings, name, getattr(self, name))
 
     def model_name(self, variant: str) -> str:
         """The Triton model serving ``variant``."""
@@ -460,13 +570,13 @@ class UpSettings(Settings):
     embedding_metrics_port: int = setting(0, "embedding service /metrics port")
     decoder_metrics_port: int = setting(0, "decoder service /metrics port")
 
-    def server(self, name: str, host: str, grace: float) -> ServerSettings:
-        """The ServerSettings of service ``name`` (``embedding`` or ``decoder``)."""
-        return ServerSettings(
-            host=host,
+    def server(self, name: str, base: ServerSettings) -> ServerSettings:
+        """Service ``name``'s (``embedding`` or ``decoder``) settings: ``base`` (host, grace,
+        TLS, tokens) with this service's ports."""
+        return dataclasses.replace(
+            base,
             port=getattr(self, f"{name}_port"),
             metrics_port=getattr(self, f"{name}_metrics_port"),
-            grace=grace,
             flag_prefix=f"{name}-",
         )
 

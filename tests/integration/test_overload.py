@@ -19,7 +19,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from samserve.compose import start_embedding
-from samserve.config import DecoderSettings, ServerSettings
+from samserve.config import DecoderSettings
 from samserve.core import keys
 from samserve.core.encoder import LocalEncoder
 from samserve.core.models import LoadedModel
@@ -146,7 +146,7 @@ class _SlowEncoder(LocalEncoder):
 
 class _SlowStack(StackThread):
     def start_embedding(self) -> None:
-        server = ServerSettings(port=0, metrics_port=0, grace=5)
+        server = self.server
         encoder = _SlowEncoder(self.model.sam)
         self.embedding = self.call(
             start_embedding(self.model, self.store, self.limits, server, encoder)

@@ -30,7 +30,6 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from samserve.compose import start_embedding
-from samserve.config import ServerSettings
 from samserve.core.encoder import encode_in_process, resize_for_encoder
 from samserve.core.errors import DeadlineExceeded, Unavailable
 from samserve.core.models import SHIPPED_TINY, LoadedModel, load_model
@@ -85,7 +84,7 @@ class TritonStack(StackThread):
         return self
 
     def start_embedding(self) -> None:
-        server = ServerSettings(port=0, metrics_port=0, grace=5)
+        server = self.server
         self.embedding = self.call(
             start_embedding(self.model, self.store, self.limits, server, encoder=self.encoder)
         )

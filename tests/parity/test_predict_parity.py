@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from segment_anything import SamPredictor
 
+from samserve.config import ServerSettings
 from samserve.core.models import LoadedModel, load_model
 from samserve_client import EmbeddingRef, SamClient
 from tests.conftest import png_bytes
+from tests.pki import token_file
 from tests.stack import StackThread
 from tools.shapes import make_shapes_image
 
@@ -50,12 +52,15 @@ class Case:
     shapes: object
 
 
-@pytest.fixture(scope="module", params=["tiny_trained", "tiny_random", "vit_b_random"])
-def case(request, redis_server) -> Iterator[Case]:
+@pytest.fixture(
+    scope="module", params=["tiny_trained", "tiny_random", "vit_b_random", "tiny_random-mtls"]
+)
+def case(request, redis_server, pki, tmp_path_factory) -> Iterator[Case]:
+    """One model's stack; ``-mtls`` serves the same over mutual TLS with a bearer token."""
     name = request.param
     if name == "tiny_trained":
         model: LoadedModel = request.getfixturevalue("tiny_trained")
-    elif name == "tiny_random":
+    elif name.startswith("tiny_random"):
         model = request.getfixturevalue("tiny_random")
     else:
         model = load_model("vit_b", "random", seed=0)
@@ -64,9 +69,18 @@ def case(request, redis_server) -> Iterator[Case]:
     # float16 storage alone flips a few pixels (measured min IoU 0.9923 on a ~270 px mask), so
     # its suite stores float32 and checks the algorithm; the random models check float16.
     dtype = "float32" if name == "tiny_trained" else "float16"
-    stack = StackThread(model, redis_server.url, store_dtype=dtype).start()
+    server, security = None, {}
+    if name.endswith("-mtls"):
+        tokens = token_file(tmp_path_factory.mktemp("tokens"), "parity sekret\n")
+        server = ServerSettings(
+            tls_cert=str(pki.server_cert), tls_key=str(pki.server_key),
+            tls_client_ca=str(pki.ca), auth_tokens=str(tokens),
+        )  # fmt: skip
+        security = {"tls_ca": pki.ca, "tls_cert": pki.client_cert, "tls_key": pki.client_key,
+                    "token": "sekret"}  # fmt: skip
+    stack = StackThread(model, redis_server.url, store_dtype=dtype, server=server).start()
     # vit_b's encoder takes tens of seconds on 2 busy cores: allow it.
-    client = stack.client(timeout=600)
+    client = stack.client(timeout=600, **security)
     ref = client.embed(png_bytes(sample.image))
     predictor = SamPredictor(model.sam)
     predictor.set_image(sample.image)

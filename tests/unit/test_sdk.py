@@ -30,6 +30,7 @@ def test_exported_members() -> None:
         "SamClient",
         "SamServeError",
         "SegmentResult",
+        "UnauthenticatedError",
         "UnavailableError",
         "image_id",
     ]

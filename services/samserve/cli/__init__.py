@@ -60,7 +60,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     EncoderSettings.add_cli_args(up, env)
     PrivateTritonSettings.add_cli_args(up, env)
     ServerSettings.add_cli_args(
-        up, env, defaults={"host": "127.0.0.1"}, skip=("port", "metrics_port")
+        up, env, defaults={"host": "127.0.0.1"}, skip=("port", "metrics_port", "health_port")
     )
     UpSettings.add_cli_args(up, env)
 

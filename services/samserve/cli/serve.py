@@ -52,7 +52,14 @@ def triton_encoder(settings: EncoderSettings, variant: str, url: str) -> Encoder
     """A Triton encoder client (tritonclient is an optional dependency: imported here)."""
     from samserve.core.triton_encoder import TritonEncoder
 
-    return TritonEncoder(url, settings.model_name(variant), settings.triton_timeout)
+    return TritonEncoder(
+        url,
+        settings.model_name(variant),
+        settings.triton_timeout,
+        tls_ca=settings.triton_tls_ca,
+        tls_cert=settings.triton_tls_cert,
+        tls_key=settings.triton_tls_key,
+    )
 
 
 async def serve(ns: argparse.Namespace) -> None:

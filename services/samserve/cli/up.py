@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import functools
 import json
 import logging
 import sys
+import urllib.parse
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -32,6 +35,16 @@ from samserve.rpc.server import RunningService, drain, wait_for_signal
 log = logging.getLogger(__name__)
 
 
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for the ready line and logs)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+
+
 async def _private_redis(stack: AsyncExitStack) -> str:
     try:
         redis = await asyncio.to_thread(RedisProcess.start)
@@ -41,10 +54,36 @@ async def _private_redis(stack: AsyncExitStack) -> str:
     return redis.url
 
 
+def _private_triton_tls(
+    server: ServerSettings, enc: EncoderSettings
+) -> tuple[Any, EncoderSettings]:
+    """With ``--tls-*``, the private Triton serves TLS with the services' certificate (mutual
+    with ``--tls-client-ca``); its client trusts ``--triton-tls-ca`` or else the client CA, and
+    presents ``--triton-tls-cert/key`` or else the services' own certificate."""
+    from samserve.procs.triton import TritonTls
+
+    if server.tls_cert is None or server.tls_key is None:
+        return None, enc
+    trust = enc.triton_tls_ca or server.tls_client_ca
+    if trust is None:
+        raise ConfigError(
+            "--triton-tls-ca: required with --tls-cert and a private Triton (the CA that "
+            "signed --tls-cert)"
+        )
+    client = dataclasses.replace(
+        enc,
+        triton_tls_ca=trust,
+        triton_tls_cert=enc.triton_tls_cert or server.tls_cert,
+        triton_tls_key=enc.triton_tls_key or server.tls_key,
+    )
+    return TritonTls(server.tls_cert, server.tls_key, server.tls_client_ca), client
+
+
 async def _triton(
     stack: AsyncExitStack,
     enc: EncoderSettings,
     private: PrivateTritonSettings,
+    server: ServerSettings,
     model: LoadedModel,
     seed: int,
 ) -> tuple[Encoder, dict[str, Any]]:
@@ -55,6 +94,8 @@ async def _triton(
 
         from samserve.procs.triton import TritonModelOptions, TritonProcess
 
+        tls, enc = _private_triton_tls(server, enc)
+
         options = TritonModelOptions(
             model.variant,
             resolved_checkpoint(model),
@@ -63,7 +104,9 @@ async def _triton(
             repository=Path(private.triton_repository) if private.triton_repository else None,
         )
         try:
-            triton = await asyncio.to_thread(TritonProcess.start, options)
+            triton = await asyncio.to_thread(
+                functools.partial(TritonProcess.start, options, tls=tls)
+            )
         except RuntimeError as e:
             log.error("%s", e)  # the whole story, with the end of tritonserver's log
             first = str(e).splitlines()[0]
@@ -85,7 +128,7 @@ def _ready_line(
     ready = {
         "embedding": emb.address,
         "decoder": dec.address,
-        "redis": redis_url,
+        "redis": redact(redis_url),
         "metrics": {"embedding": emb.metrics_url, "decoder": dec.metrics_url},
         **extra,
         "model": model.model_id,
@@ -110,23 +153,26 @@ async def up(ns: argparse.Namespace) -> None:
     async with AsyncExitStack() as stack:
         redis_url = ns.redis_url or await _private_redis(stack)
         store = StoreSettings.from_args(ns, redis_url=redis_url)
-        encoder, extra = None, {}
+        encoder: Encoder | None = None
+        extra: dict[str, Any] = {}
         if enc.kind == "triton":
-            encoder, triton = await _triton(stack, enc, private, model, model_settings.seed)
+            encoder, triton = await _triton(stack, enc, private, server, model, model_settings.seed)
             extra["triton"] = triton
         services: list[RunningService] = []
         stack.push_async_callback(drain, services, server.grace)
-        emb_settings = ports.server("embedding", server.host, server.grace)
+        emb_settings = ports.server("embedding", server)
         services.append(
             await start_embedding(
                 model, store, limits, emb_settings, encoder, EmbedderSettings.from_args(ns)
             )
         )
-        dec_settings = ports.server("decoder", server.host, server.grace)
+        dec_settings = ports.server("decoder", server)
         services.append(
             await start_decoder(model, store, limits, dec_settings, DecoderSettings.from_args(ns))
         )
         emb, dec = services
+        if server.tls:
+            extra["tls"] = True
         sys.stdout.write(_ready_line(emb, dec, redis_url, model, extra) + "\n")
         sys.stdout.flush()
         await wait_for_signal()

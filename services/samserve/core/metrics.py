@@ -97,6 +97,13 @@ class Metrics:
             ["lane"],
             registry=r,
         )
+        self.auth = Counter(
+            "samserve_auth_total",
+            "Calls checked for a bearer token, by token name ('-' when none matched) and result "
+            "(ok, missing, unknown).",
+            ["client", "result"],
+            registry=r,
+        )
         self.redis_up = Gauge(
             "samserve_redis_up", "1 when the embedding store answers pings.", registry=r
         )

@@ -89,6 +89,13 @@ class LoadedModel:
     source: str
 
     @property
+    def public_source(self) -> str:
+        """:attr:`source` as a client may see it: ``checkpoint`` instead of a file's path."""
+        if self.source == "shipped" or self.source.startswith("random("):
+            return self.source
+        return "checkpoint"
+
+    @property
     def model_id(self) -> str:
         """Identity used in cache keys: variant plus a prefix of the weights checksum."""
         return f"{self.variant}-{self.weights_sha256[:16]}"

@@ -18,7 +18,7 @@ import math
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -147,21 +147,37 @@ class EmbeddingStore(Protocol):
 class RedisStore:
     """Embeddings in Redis: one value per key, optional TTL, short timeouts, few retries.
 
+    The URL (which may hold a user and password) is never logged or kept.
+
     Args:
-        url: ``redis://host:port/db``.
+        url: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or ``unix://``.
         ttl_seconds: expiry of each entry; 0 keeps entries until Redis evicts them.
         dtype: storage dtype of new entries (``float16`` or ``float32``).
         timeout: socket connect/read timeout in seconds.
+        tls_ca, tls_cert, tls_key: PEM files for ``rediss://``: the CA to trust, and the
+            client certificate and key when the server requires them.
     """
 
     def __init__(
-        self, url: str, *, ttl_seconds: int = 0, dtype: str = "float16", timeout: float = 2.0
+        self,
+        url: str,
+        *,
+        ttl_seconds: int = 0,
+        dtype: str = "float16",
+        timeout: float = 2.0,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
-        self.url = url
         self.ttl_seconds = ttl_seconds
         self.dtype = dtype
+        tls: dict[str, Any] = {}
+        if tls_ca is not None:
+            tls["ssl_ca_certs"] = tls_ca
+        if tls_cert is not None and tls_key is not None:
+            tls["ssl_certfile"], tls["ssl_keyfile"] = tls_cert, tls_key
         # redis-py's defaults retry for up to ~50 s; a serving path wants a fast UNAVAILABLE.
         self._redis = aioredis.Redis.from_url(
             url,
@@ -169,6 +185,7 @@ class RedisStore:
             socket_connect_timeout=timeout,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
             health_check_interval=30,
+            **tls,
         )
 
     async def get(self, model_id: str, image_id: str) -> Embedding | None:

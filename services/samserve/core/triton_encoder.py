@@ -61,6 +61,8 @@ class TritonEncoder:
         timeout: seconds per encode, covering Triton's queue and the run; the same value is
             sent as the request's queue timeout, so Triton drops work nobody waits for.
         ready_timeout: seconds for each health call in :meth:`ready`.
+        tls_ca: speak TLS to Triton, trusting this CA (PEM path).
+        tls_cert, tls_key: the client certificate and key for Triton's mutual TLS.
     """
 
     def __init__(
@@ -70,9 +72,18 @@ class TritonEncoder:
         timeout: float = 60.0,
         *,
         ready_timeout: float = 2.0,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         if timeout <= 0 or ready_timeout <= 0:
             raise ValueError("timeouts must be > 0")
+        self._tls = {
+            "ssl": tls_ca is not None,
+            "root_certificates": tls_ca,
+            "private_key": tls_key,
+            "certificate_chain": tls_cert,
+        }
         self.address = address
         self.model_name = model_name
         self.timeout = timeout
@@ -82,7 +93,7 @@ class TritonEncoder:
     def _get_client(self) -> triton_aio.InferenceServerClient:
         if self._client is None:
             self._client = triton_aio.InferenceServerClient(
-                self.address, channel_args=_channel_args()
+                self.address, channel_args=_channel_args(), **self._tls
             )
         return self._client
 

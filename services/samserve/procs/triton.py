@@ -265,6 +265,24 @@ def server_args(
     ]  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class TritonTls:
+    """TLS of the private tritonserver's gRPC endpoint: its certificate and key, and with
+    ``client_ca`` mutual TLS (clients must present a certificate signed by it)."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+    def args(self) -> list[str]:
+        """tritonserver's flags for this TLS."""
+        out = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}",
+               f"--grpc-server-key={self.key}"]  # fmt: skip
+        if self.client_ca is not None:
+            out += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.client_ca}"]
+        return out
+
+
 @dataclass
 class TritonProcess:
     """A running tritonserver child serving one SAM image encoder model on loopback."""
@@ -307,6 +325,7 @@ class TritonProcess:
         timeout: float = 180.0,
         attempts: int = 3,
         extra_args: Sequence[str] = (),
+        tls: TritonTls | None = None,
     ) -> TritonProcess:
         """Start tritonserver with the options' model and wait until it is ready.
 
@@ -319,6 +338,8 @@ class TritonProcess:
             timeout: seconds to wait for the model to be ready (a checkpoint loads first).
             attempts: tries when a picked port was taken meanwhile.
             extra_args: more tritonserver flags.
+            tls: serve gRPC over TLS (HTTP, used only for the readiness wait, stays on
+                ``host``, loopback by default).
 
         Raises:
             RuntimeError: no tritonserver installed, or it exited or was not ready in time
@@ -336,7 +357,8 @@ class TritonProcess:
             ports = (grpc_port or free_port(host), http_port or free_port(host),
                      metrics_port or free_port(host))  # fmt: skip
             try:
-                return cls._launch(dist, options, host, ports, log_path, timeout, extra_args)
+                args = [*extra_args, *(tls.args() if tls else [])]
+                return cls._launch(dist, options, host, ports, log_path, timeout, args)
             except RuntimeError as e:
                 # Triton binds its ports only after loading the model, so a port picked here
                 # can be taken meanwhile; it then exits with "Socket ... already in use".

@@ -116,6 +116,6 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             variant=self.model.variant,
             model_id=self.model.model_id,
             weights_sha256=self.model.weights_sha256,
-            source=self.model.source,
+            source=self.model.public_source,
             family="sam1",
         )

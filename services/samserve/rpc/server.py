@@ -49,8 +49,10 @@ def build_server(
     max_receive_bytes: int,
     max_send_bytes: int = 256 * 1024 * 1024,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
-    """Create a grpc.aio server with servicers, health and reflection, bound to ``address``.
+    """Create a grpc.aio server with servicers, health and reflection, bound to ``address``
+    (with TLS when ``credentials`` are given).
 
     Returns:
         The server (not started), the bound port (``:0`` picks one) and its health servicer.
@@ -69,13 +71,33 @@ def build_server(
     reflection.enable_server_reflection(
         [*service_names, health_name, reflection.SERVICE_NAME], server
     )
+    return server, _bind(server, address, credentials), health
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as e:  # grpc raises RuntimeError("Failed to bind ...")
         raise OSError(f"cannot listen on {address}: {e}") from e
     if port == 0:
         raise OSError(f"cannot listen on {address}")
-    return server, port, health
+    return int(port)
+
+
+def build_health_server(address: str, health: HealthServicer) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server with grpc.health.v1 only, sharing ``health`` (so it reports what the
+    main server reports): for the kubelet's native gRPC probe, which cannot speak TLS. It
+    carries no samserve service, so it needs no token and exposes nothing else.
+
+    Raises:
+        OSError: ``address`` cannot be bound.
+    """
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    return server, _bind(server, address, None)
 
 
 @dataclass
@@ -90,6 +112,8 @@ class RunningService:
     service_names: Sequence[str]
     ready: Callable[[], Awaitable[bool]]
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: More servers started and stopped with this one (the plaintext health-only port).
+    companions: list[grpc.aio.Server] = field(default_factory=list)
     metrics_url: str = ""
     _metrics_http: Any = None
     _watch: asyncio.Task[None] | None = None
@@ -135,6 +159,8 @@ class RunningService:
     async def start(self) -> None:
         """Start serving and begin following dependency health."""
         await self.server.start()
+        for companion in self.companions:
+            await companion.start()
         await self.set_health(await self.ready())
         self._watch = asyncio.create_task(self._watch_health(), name=f"{self.name}-health")
 
@@ -144,6 +170,8 @@ class RunningService:
             self._watch.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        for companion in self.companions:
+            await companion.stop(0)
         for close in self.closers:
             try:
                 await close()

@@ -13,6 +13,7 @@ from samserve_client.errors import (
     NotFoundError,
     ResourceExhaustedError,
     SamServeError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from samserve_client.types import EmbeddingRef, ModelInfo, Prompt, SegmentResult
@@ -34,6 +35,7 @@ __all__ = [
     "SamClient",
     "SamServeError",
     "SegmentResult",
+    "UnauthenticatedError",
     "UnavailableError",
     "image_id",
 ]

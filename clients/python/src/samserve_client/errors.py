@@ -7,6 +7,7 @@
     ├── UnavailableError             UNAVAILABLE: a service, Redis or Triton unreachable
     ├── DeadlineExceededError        DEADLINE_EXCEEDED
     ├── CancelledError               CANCELLED
+    ├── UnauthenticatedError         UNAUTHENTICATED: no bearer token, or one the server refused
     └── InternalError                INTERNAL, UNKNOWN and every other code
 
 The original :class:`grpc.RpcError` is kept as ``__cause__``.
@@ -68,6 +69,12 @@ class CancelledError(SamServeError):
     code = grpc.StatusCode.CANCELLED
 
 
+class UnauthenticatedError(SamServeError):
+    """The server wants a bearer token (``token=``) and got none, or one it does not accept."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class InternalError(SamServeError):
     """The server failed in a way that is not the caller's fault."""
 
@@ -83,6 +90,7 @@ _BY_CODE: dict[grpc.StatusCode, type[SamServeError]] = {
         UnavailableError,
         DeadlineExceededError,
         CancelledError,
+        UnauthenticatedError,
         InternalError,
     )
 }
