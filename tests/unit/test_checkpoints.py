@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from samserve import checkpoints
+from samserve.cli import checkpoint as checkpoints
 from samserve.cli.checkpoint import main
 from samserve.core.models import SHIPPED_TINY, load_model, random_sam
 
