@@ -990,9 +990,9 @@ def test_dev_stays_plaintext():
 def test_triton_flags_are_tritonservers():
     """Every flag the manifests pass Triton is one the local tritonserver (2.51) knows."""
     try:
-        from samserve.triton_server import find_tritonserver, server_env
+        from samserve.procs.triton import find_tritonserver, server_env
     except ImportError as e:
-        pytest.skip(f"samserve.triton_server: {e}")
+        pytest.skip(f"samserve.procs.triton: {e}")
     dist = find_tritonserver()
     if dist is None:
         pytest.skip("no tritonserver (pip install 'samserve[triton]')")

@@ -138,7 +138,7 @@ def redis_exporter(stack) -> Iterator[str | None]:
     if binary is None:
         yield None
         return
-    from samserve.stack import free_port
+    from samserve.procs.common import free_port
 
     # dev's arguments: the local stack's Redis is plaintext, like dev's (prod's adds TLS and
     # an ACL user, which tests/deploy/test_commands.py runs).

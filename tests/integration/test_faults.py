@@ -154,7 +154,9 @@ def test_slow_cut_and_reset_redis(tiny_random: LoadedModel, redis_server) -> Non
     proxy = FaultProxy("127.0.0.1", redis_server.port)
     url = f"redis://127.0.0.1:{proxy.port}/0"
     # No LRU: every Segment reads Redis through the proxy.
-    stack = StackThread(tiny_random, url, decoder=DecoderSettings(lru_entries=0))
+    # No shedding either: the drill is about Redis, not admission (a loaded machine sheds).
+    decoder = DecoderSettings(lru_entries=0, max_queue_seconds=30.0)
+    stack = StackThread(tiny_random, url, decoder=decoder)
     stack.store = dataclasses.replace(stack.store, redis_timeout=1.0)
     stack.start()
     try:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from samserve_client._channel import DEFAULT_TIMEOUT, TlsFile, credentials
 from samserve_client._image import ImageLike
-from samserve_client._plan import Options, source, timeout_of
+from samserve_client._plan import Options, Service, source, timeout_of
+from samserve_client._proto.samserve.v1 import decoder_pb2_grpc, embedding_pb2_grpc
 from samserve_client._refine import SESSION_TIMEOUT, RefineSteps
 from samserve_client.types import EmbeddingRef
 
 
 class BaseClient:
     """Arguments checked once for both clients (documented on :class:`SamClient`); each
-    subclass opens its own channels in ``_connect``."""
+    subclass names its kind of channel in ``_open_channel``."""
 
     def __init__(
         self,
@@ -33,17 +36,16 @@ class BaseClient:
             credentials(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token)
             for address in (embedding_address, decoder_address)
         )
-        self._connect(
-            embedding_address, embedding_credentials, decoder_address, decoder_credentials
-        )
+        self._embedding_channel: Any = self._open_channel(embedding_address, embedding_credentials)
+        self._decoder_channel: Any = self._open_channel(decoder_address, decoder_credentials)
+        self._stubs: dict[Service, Any] = {
+            Service.EMBEDDING: embedding_pb2_grpc.EmbeddingServiceStub(self._embedding_channel),
+            Service.DECODER: decoder_pb2_grpc.DecoderServiceStub(self._decoder_channel),
+        }
 
-    def _connect(
-        self,
-        embedding_address: str,
-        embedding_credentials: grpc.ChannelCredentials | None,
-        decoder_address: str,
-        decoder_credentials: grpc.ChannelCredentials | None,
-    ) -> None:
+    @staticmethod
+    def _open_channel(target: str, creds: grpc.ChannelCredentials | None) -> Any:
+        """A channel to ``target``: a sync one for SamClient, an asyncio one for the other."""
         raise NotImplementedError
 
     def _options(self, timeout: float | None) -> Options:

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
-import grpc
 import numpy.typing as npt
 
 from samserve_client import _convert, _plan
@@ -16,7 +15,6 @@ from samserve_client._embedding import EmbeddingTensors
 from samserve_client._image import ImageLike, to_bytes
 from samserve_client._plan import Call, Service, Unary
 from samserve_client._refine import RefineSession
-from samserve_client.pb import decoder_pb2_grpc, embedding_pb2_grpc
 from samserve_client.types import EmbeddingRef, ModelInfo, Prompt, SegmentResult
 
 
@@ -45,19 +43,7 @@ class SamClient(BaseClient):
         OSError: a TLS file that cannot be read.
     """
 
-    def _connect(
-        self,
-        embedding_address: str,
-        embedding_credentials: grpc.ChannelCredentials | None,
-        decoder_address: str,
-        decoder_credentials: grpc.ChannelCredentials | None,
-    ) -> None:
-        self._embedding_channel = sync_channel(embedding_address, embedding_credentials)
-        self._decoder_channel = sync_channel(decoder_address, decoder_credentials)
-        self._stubs: dict[Service, Any] = {
-            Service.EMBEDDING: embedding_pb2_grpc.EmbeddingServiceStub(self._embedding_channel),
-            Service.DECODER: decoder_pb2_grpc.DecoderServiceStub(self._decoder_channel),
-        }
+    _open_channel = staticmethod(sync_channel)
 
     def embed(self, image: ImageLike, *, timeout: float | None = None) -> EmbeddingRef:
         """Store the embedding of ``image`` (a no-op when it is already stored).
