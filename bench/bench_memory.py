@@ -46,10 +46,10 @@ class Cgroup:
         self.path.mkdir(exist_ok=True)
         (self.path / "memory.limit_in_bytes").write_text(str(limit))
 
-    def command(self, args: list[str]) -> list[str]:
-        """``args`` run inside this group."""
+    def wrap(self) -> list[str]:
+        """A command prefix: the command after it runs inside this group."""
         join = f'echo $$ > {self.path / "cgroup.procs"} && exec "$@"'
-        return ["sh", "-c", join, "sh", *args]
+        return ["sh", "-c", join, "sh"]
 
     def reset_peak(self) -> None:
         (self.path / "memory.max_usage_in_bytes").write_text("0")
