@@ -32,9 +32,12 @@ def server_options(max_receive_bytes: int, max_send_bytes: int) -> list[tuple[st
         ("grpc.max_send_message_length", max_send_bytes),
         # gRPC Python sets SO_REUSEPORT by default: two servers could then share a port.
         ("grpc.so_reuseport", 0),
-        # Recycle connections so new replicas behind a load balancer get traffic.
+        # Recycle connections so new replicas behind a load balancer get traffic: after the
+        # age a GOAWAY sends new calls to a new connection; calls already running get the
+        # grace to finish, which outlasts the longest deadline a client sets by default
+        # (samserve export: 600 s), so a long SegmentEverything is never cut by recycling.
         ("grpc.max_connection_age_ms", 5 * 60 * 1000),
-        ("grpc.max_connection_age_grace_ms", 30 * 1000),
+        ("grpc.max_connection_age_grace_ms", 11 * 60 * 1000),
         # Accept the SDK's keepalive pings.
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
