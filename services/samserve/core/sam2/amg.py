@@ -53,7 +53,7 @@ class Sam2AmgParams(amg.AmgParams):
         extension, which the CPU install (``SAM2_BUILD_CUDA=0``) lacks, so the official
         generator skips it there with a warning.
         """
-        super().validate()
+        amg.AmgParams.validate(self)  # (slots dataclasses cannot use zero-argument super)
         if not math.isfinite(self.mask_threshold):
             raise InvalidInput("mask_threshold: must be finite")
         if self.min_mask_region_area != 0:
