@@ -97,6 +97,17 @@ def test_model_info_says_sam2(case: Case) -> None:
     assert info.model_id.startswith(info.variant + "-")
 
 
+def test_get_embedding_returns_the_three_stored_tensors(case: Case) -> None:
+    got = case.client.get_embedding(case.ref)
+    assert got.embedding.shape == (1, 256, 64, 64) and got.embedding.dtype == np.float16
+    assert [t.shape for t in got.high_res_features] == [(1, 32, 256, 256), (1, 64, 128, 128)]
+    assert (got.input_height, got.input_width) == (1024, 1024)
+    assert got.nbytes == 8 * 1024 * 1024
+    ref = [case.predictor._features["image_embed"], *case.predictor._features["high_res_feats"]]
+    for served, want in zip([got.embedding, *got.high_res_features], ref, strict=True):
+        np.testing.assert_allclose(served.astype(np.float32), want.numpy(), atol=2e-2, rtol=1e-2)
+
+
 @pytest.mark.parametrize("multimask", [True, False])
 def test_single_point(case: Case, multimask: bool) -> None:
     pts = np.array([_center(case, 0)])
