@@ -52,3 +52,19 @@ def test_a_checkpoint_of_another_model_does_not_fit(tmp_path) -> None:
     torch.save({"model": {"image_encoder.bogus": torch.zeros(3)}}, path)
     with pytest.raises(InvalidInput, match="does not fit sam2_tiny"):
         load_model("sam2_tiny", path)
+
+
+def test_sam2_is_refused_where_it_is_not_supported_yet() -> None:
+    from samserve.cli.export_onnx import add_cli_args, run
+    from samserve.cli.serve import check_triton_variant
+    from samserve.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="local encoder only"):
+        check_triton_variant("sam2.1_hiera_l")
+    check_triton_variant("vit_h")
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_cli_args(parser, {})
+    with pytest.raises(ConfigError, match="SAM 1 decoders only"):
+        run(parser.parse_args(["--model", "sam2.1_hiera_t", "--out", "unused"]))
