@@ -29,7 +29,9 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU machines here carry these builds on disk.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e "clients/python[rle,polygon,cli,onnx]" -e ".[dev,triton,onnx]"
+	# sam2: SAM 2.1 image models; its CUDA extension is only for video, so it is not built.
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q -e "clients/python[rle,polygon,cli,onnx]" \
+		-e ".[dev,triton,onnx,sam2]"
 	touch $(STAMP)
 
 $(VENDOR)/.installed: $(WEBDEPS)/package.json $(WEBDEPS)/package-lock.json

@@ -24,8 +24,9 @@ COPY pyproject.toml README.md /src/
 COPY services /src/services
 # Not editable: the runtime stage gets site-packages only, never the sources. tritonclient is
 # what the embedding service's Triton encoder needs (the "triton" extra would also pull the
-# whole tritonserver binary).
-RUN pip install "/src/clients/python[rle]" /src "tritonclient[grpc]>=2.73,<3"
+# whole tritonserver binary). The "sam2" extra serves SAM 2.1 models (sam2's CUDA extension
+# is for video only: not built).
+RUN SAM2_BUILD_CUDA=0 pip install "/src/clients/python[rle]" "/src[sam2]" "tritonclient[grpc]>=2.73,<3"
 
 FROM ${PYTHON_IMAGE} AS runtime
 # tini as PID 1: forwards SIGTERM to samserve (which drains) and reaps children.

@@ -21,8 +21,11 @@ from samserve.core.decoder import Decoder
 from samserve.core.embedding import Embedder, EmbedLimits
 from samserve.core.encoder import Encoder, LocalEncoder
 from samserve.core.errors import ConfigError
+from samserve.core.family import family
 from samserve.core.metrics import Metrics
 from samserve.core.models import LoadedModel
+from samserve.core.sam2.decoder import Sam2Decoder
+from samserve.core.sam2.encoder import Sam2LocalEncoder
 from samserve.core.store import RedisStore
 from samserve.core.tokens import TokenFile
 from samserve.rpc import decoder as decoder_rpc
@@ -135,8 +138,13 @@ async def start_embedding(
     settings = settings or EmbedderSettings()
     metrics = Metrics()
     store = _store(store_settings)
-    enc = encoder if encoder is not None else LocalEncoder(model.sam)
-    local = isinstance(enc, LocalEncoder)
+    if encoder is not None:
+        enc = encoder
+    elif model.family == "sam2":
+        enc = Sam2LocalEncoder(model.sam)
+    else:
+        enc = LocalEncoder(model.sam)
+    local = isinstance(enc, LocalEncoder | Sam2LocalEncoder)
     embedder = Embedder(
         variant=model.variant,
         model_id=model.model_id,
@@ -152,6 +160,7 @@ async def start_embedding(
             max_queued_encodes=settings.max_queued_encodes,
             queue_full_wait=limits.queue_full_wait,
         ),
+        family=family(model.family),
     )
     servicer = embedding_rpc.EmbeddingServicer(embedder, model)
     return await _serve(
@@ -178,7 +187,8 @@ async def start_decoder(
     settings = settings or DecoderSettings()
     metrics = Metrics()
     store = _store(store_settings)
-    decoder = Decoder(
+    decoder_class = Sam2Decoder if model.family == "sam2" else Decoder
+    decoder = decoder_class(
         variant=model.variant,
         model_id=model.model_id,
         sam=model.sam,

@@ -249,8 +249,9 @@ class ModelSettings(Settings):
     variant: str = setting("tiny", "model variant", flag="--model", choices=VARIANTS)
     checkpoint: str | None = setting(
         None,
-        "official .pth state dict; 'random' for seeded random weights (default: the shipped "
-        "shape-trained weights for tiny, random weights for the others)",
+        "official .pth state dict (SAM 2: the official .pt); 'random' for seeded random "
+        "weights (default: the shipped shape-trained weights for tiny, random weights for the "
+        "others)",
         metavar="PATH",
     )
     seed: int = setting(0, "seed of random weights")

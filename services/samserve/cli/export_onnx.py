@@ -10,6 +10,8 @@ from pathlib import Path
 
 from samserve.cli.serve import load
 from samserve.config import ModelSettings, OnnxExportSettings
+from samserve.core.errors import ConfigError
+from samserve.core.variants import family_of
 
 
 def add_cli_args(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
@@ -22,10 +24,16 @@ def run(ns: argparse.Namespace) -> int:
     """Export; prints one JSON line naming the files and the model id. Returns the exit code.
 
     Raises:
-        ConfigError: a bad flag, or a checkpoint that cannot be used.
+        ConfigError: a bad flag, a SAM 2 model (no ONNX decoder for it yet), or a checkpoint
+            that cannot be used.
     """
     settings = OnnxExportSettings.from_args(ns)
-    model = load(ModelSettings.from_args(ns))
+    model_settings = ModelSettings.from_args(ns)
+    if family_of(model_settings.variant) == "sam2":
+        raise ConfigError(
+            f"--model: export-onnx exports SAM 1 decoders only, not {model_settings.variant}"
+        )
+    model = load(model_settings)
     from samserve.core import onnx_export
 
     out = Path(str(settings.out))

@@ -19,6 +19,7 @@ from samserve.config import (
 from samserve.core.encoder import Encoder
 from samserve.core.errors import ConfigError, InvalidInput
 from samserve.core.models import SHIPPED_TINY, LoadedModel, load_model
+from samserve.core.variants import family_of
 from samserve.rpc.server import drain, wait_for_signal
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,20 @@ def resolved_checkpoint(model: LoadedModel) -> str:
     return str(SHIPPED_TINY) if model.source == "shipped" else model.source
 
 
+def check_triton_variant(variant: str) -> None:
+    """Raise ConfigError for a variant that has no Triton model (SAM 2's do not, yet)."""
+    if family_of(variant) == "sam2":
+        raise ConfigError(
+            f"--encoder: {variant} runs with the local encoder only (no Triton model for SAM 2 "
+            "variants yet)"
+        )
+
+
 def triton_encoder(settings: EncoderSettings, variant: str, url: str) -> Encoder:
     """A Triton encoder client (tritonclient is an optional dependency: imported here)."""
     from samserve.core.triton_encoder import TritonEncoder
+
+    check_triton_variant(variant)
 
     return TritonEncoder(
         url,

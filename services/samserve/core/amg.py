@@ -315,6 +315,8 @@ class EverythingRun:
         return_logits=True)``, with the image-side decoder work taken from the stored prefix.
         """
         sam = self.sam
+        if emb.prefix is None:
+            raise ValueError("a SAM 1 embedding always has its prefix")
         transform = ResizeLongestSide(sam.image_encoder.img_size)
         coords = torch.as_tensor(transform.apply_coords(points, emb.original_size))
         step = max(1, self.work_bytes // DECODE_BYTES_PER_POINT)

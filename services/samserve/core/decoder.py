@@ -34,7 +34,7 @@ from samserve.core.metrics import Metrics
 from samserve.core.models import check_requested_model
 from samserve.core.prefix import ReadyEmbedding, prepare
 from samserve.core.prefix import decode as prefix_decode
-from samserve.core.store import EmbeddingStore, LruCache
+from samserve.core.store import Embedding, EmbeddingStore, LruCache
 
 LOW_RES = 256
 #: Default memory budget of one job's full-resolution work, bytes.
@@ -174,7 +174,7 @@ def predict(
         masks_in = torch.as_tensor(prompt.mask_input, dtype=torch.float)[None, :, :, :]
     with torch.inference_mode():
         sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
-        if masks_in is None:
+        if masks_in is None and loaded.prefix is not None:
             low_res, iou = prefix_decode(sam, loaded.prefix, sparse, multimask_output)
         else:  # a mask input changes the dense embedding: the official path
             low_res, iou = sam.mask_decoder(
@@ -263,7 +263,7 @@ class Decoder:
         self._loads: SingleFlight[ReadyEmbedding | None] = SingleFlight()
         self._touched: dict[str, float] = {}
         with torch.inference_mode():
-            self._dense_pe = sam.prompt_encoder.get_dense_pe()
+            self._dense_pe = self._make_dense_pe()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decoder")
         self.prompts = Lane(
             "decoder",
@@ -312,15 +312,7 @@ class Decoder:
         if emb is None:
             return None
         loop = asyncio.get_running_loop()
-        fresh = await loop.run_in_executor(
-            self._pool,
-            prepare,
-            self.sam,
-            self._dense_pe,
-            emb.features,
-            emb.original_size,
-            emb.input_size,
-        )
+        fresh = await loop.run_in_executor(self._pool, self._prepare, emb)
         self._lru.put(key, fresh)
         self._touched[key] = time.monotonic()
         return fresh
@@ -415,7 +407,35 @@ class Decoder:
     def _predict_one(
         self, loaded: ReadyEmbedding, prompt: PromptSpec, multimask_output: bool, cancel: Cancel
     ) -> Prediction:
+        return self._predict(loaded, prompt, multimask_output)
+
+    # The model family's parts (``core/sam2/decoder.py`` overrides them for SAM 2).
+    #: What SegmentEverything's parameters are (their names and defaults).
+    amg_params_type: type[amg.AmgParams] = amg.AmgParams
+
+    def _make_dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's dense positional encoding (once per model)."""
+        dense_pe: torch.Tensor = self.sam.prompt_encoder.get_dense_pe()
+        return dense_pe
+
+    def _prepare(self, emb: Embedding) -> ReadyEmbedding:
+        """A stored entry made ready for decoding (on a decoder thread)."""
+        return prepare(self.sam, self._dense_pe, emb.features, emb.original_size, emb.input_size)
+
+    def _predict(
+        self, loaded: ReadyEmbedding, prompt: PromptSpec, multimask_output: bool
+    ) -> Prediction:
+        """One validated prompt: ``SamPredictor.predict``."""
         return predict(self.sam, self._dense_pe, loaded, prompt, multimask_output, self.work_bytes)
+
+    def _everything_run(
+        self,
+        params: amg.AmgParams,
+        original_size: tuple[int, int],
+        crops: list[tuple[list[int], int, ReadyEmbedding]],
+    ) -> amg.EverythingRun:
+        """One segment-everything generation: ``SamAutomaticMaskGenerator.generate``."""
+        return amg.EverythingRun(self.sam, params, original_size, crops, self.work_bytes)
 
     def _run(
         self,
@@ -430,7 +450,7 @@ class Decoder:
         size = 0
         for p in prompts:
             cancel.check()
-            pred = predict(self.sam, self._dense_pe, loaded, p, multimask_output, self.work_bytes)
+            pred = self._predict(loaded, p, multimask_output)
             encoded = encode_prediction(pred, encoding, return_low_res_logits)
             size += encoded.nbytes()
             self._check_response(size)
@@ -479,7 +499,7 @@ class Decoder:
             )
         start = time.perf_counter()
         async with self.everything.admit():
-            run = amg.EverythingRun(self.sam, params, whole.original_size, crops, self.work_bytes)
+            run = self._everything_run(params, whole.original_size, crops)
             for job in run.jobs():
                 await self._in_pool(job, bounded=False)
             records = await self._in_pool(run.finish, bounded=False)

@@ -12,8 +12,9 @@ import numpy as np
 from samserve.core import amg, keys
 from samserve.core.admission import Lane
 from samserve.core.coalesce import SingleFlight
-from samserve.core.encoder import Encoder, make_embedding, resize_for_encoder
+from samserve.core.encoder import Encoder
 from samserve.core.errors import DeadlineExceeded, InvalidInput, NotFound, ResourceExhausted
+from samserve.core.family import SAM1, EncoderOutput, Family
 from samserve.core.images import content_hash, decode_cost, decode_image, image_size
 from samserve.core.metrics import Metrics
 from samserve.core.models import check_requested_model
@@ -77,6 +78,7 @@ class Embedder:
         store: where embeddings are kept.
         metrics: metrics sink.
         limits: sizes and concurrency.
+        family: the model's family (what the encoder takes and returns).
     """
 
     def __init__(
@@ -88,8 +90,10 @@ class Embedder:
         store: EmbeddingStore,
         metrics: Metrics,
         limits: EmbedLimits,
+        family: Family = SAM1,
     ) -> None:
         self.variant = variant
+        self.family = family
         self.model_id = model_id
         self.encoder = encoder
         self.store = store
@@ -203,7 +207,7 @@ class Embedder:
         async with self._decodes.admit():
             return await asyncio.to_thread(decode_image, data, max_pixels=self.limits.max_pixels)
 
-    async def _encode(self, input_image: np.ndarray, deadline: float | None) -> np.ndarray:
+    async def _encode(self, input_image: np.ndarray, deadline: float | None) -> EncoderOutput:
         timeout = None
         if deadline is not None:
             timeout = deadline - time.monotonic()
@@ -221,10 +225,10 @@ class Embedder:
             return False
         x0, y0, x1, y1 = box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1, :])
-        input_image = await asyncio.to_thread(resize_for_encoder, crop)
+        input_image = await asyncio.to_thread(self.family.encoder_input, crop)
         features = await self._encode(input_image, deadline)
         size = (int(crop.shape[0]), int(crop.shape[1]))
-        await self.store.put(self.model_id, cid, make_embedding(features, size, input_image))
+        await self.store.put(self.model_id, cid, self.family.embedding(features, size, input_image))
         return True
 
     async def _embed(self, image_id: str, data: bytes, deadline: float | None) -> EmbedResult:
@@ -233,12 +237,12 @@ class Embedder:
         if stored is not None:
             return EmbedResult(image_id, True, stored.original_size, 0.0)
         image = await self._decode(data)
-        input_image = await asyncio.to_thread(resize_for_encoder, image)
+        input_image = await asyncio.to_thread(self.family.encoder_input, image)
         start = time.perf_counter()
         async with self._encodes.admit():
             features = await self._encode(input_image, deadline)
         elapsed = time.perf_counter() - start
         original_size = (int(image.shape[0]), int(image.shape[1]))
-        emb: Embedding = make_embedding(features, original_size, input_image)
+        emb: Embedding = self.family.embedding(features, original_size, input_image)
         await self.store.put(self.model_id, image_id, emb)
         return EmbedResult(image_id, False, original_size, elapsed)

@@ -20,11 +20,14 @@ from samserve.core.store import Embedding
 
 
 class Encoder(Protocol):
-    """Turns a resized uint8 RGB image into a (256, 64, 64) float32 embedding."""
+    """Turns a resized uint8 RGB image into a (256, 64, 64) float32 embedding (SAM 2: the
+    image as decoded into the embedding and both high-resolution maps)."""
 
-    async def encode(self, input_image: np.ndarray, timeout: float | None = None) -> np.ndarray:
+    async def encode(
+        self, input_image: np.ndarray, timeout: float | None = None
+    ) -> np.ndarray | tuple[np.ndarray, ...]:
         """Embed one image; ``timeout`` is what remains of the caller's deadline (None: the
-        encoder's own limit)."""
+        encoder's own limit). A SAM 2 encoder returns three tensors (``core/family.py``)."""
         ...
 
     async def ready(self) -> bool: ...

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import re
 
+from samserve.core.variants import family_of_model_id
+
 #: Bump when the stored value layout changes; old entries then read as misses.
 LAYOUT_VERSION = 1
+#: The layout of a SAM 2 / 2.1 model's entries: the image embedding and both high-resolution
+#: maps (``store.SAM2_SHAPES``).
+LAYOUT_VERSION_SAM2 = 2
 PREFIX = "samserve"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -19,9 +24,14 @@ def is_image_id(value: str) -> bool:
     return bool(_HEX64.match(value))
 
 
+def layout_version(model_id: str) -> int:
+    """The value layout of ``model_id``'s entries: its family decides it."""
+    return LAYOUT_VERSION_SAM2 if family_of_model_id(model_id) == "sam2" else LAYOUT_VERSION
+
+
 def embedding_key(model_id: str, image_id: str) -> str:
     """Key of the whole-image embedding of ``image_id`` under ``model_id``."""
-    return f"{PREFIX}:emb:v{LAYOUT_VERSION}:{model_id}:{image_id}"
+    return f"{PREFIX}:emb:v{layout_version(model_id)}:{model_id}:{image_id}"
 
 
 def crop_id(image_id: str, box: list[int]) -> str:

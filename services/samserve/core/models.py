@@ -24,7 +24,8 @@ from segment_anything.build_sam import _build_sam
 from segment_anything.modeling import Sam
 
 from samserve.core.errors import InvalidInput
-from samserve.core.variants import VARIANTS
+from samserve.core.sam2.models import random_sam2, unwrap_state
+from samserve.core.variants import SAM2_CONFIGS, VARIANTS, family_of
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ class LoadedModel:
     """A built SAM model and its identity.
 
     Attributes:
-        sam: the official ``Sam`` module, in eval mode, on CPU, float32.
+        sam: the official ``Sam`` module (``SAM2Base`` for a SAM 2 variant), in eval mode, on
+            CPU, float32.
         variant: one of :data:`VARIANTS`.
         weights_sha256: hex sha256 over the state dict (names, dtypes, shapes and bytes).
         source: where the weights came from (a path, ``"shipped"`` or ``"random(seed=N)"``).
@@ -87,6 +89,12 @@ class LoadedModel:
     variant: str
     weights_sha256: str
     source: str
+
+    @property
+    def family(self) -> str:
+        """``"sam1"`` (``segment_anything``) or ``"sam2"`` (``sam2``): which official package
+        the model follows, hence its decoder, stored layout and generator defaults."""
+        return family_of(self.variant)
 
     @property
     def public_source(self) -> str:
@@ -155,8 +163,10 @@ def load_model(variant: str, checkpoint: str | Path | None = None, seed: int = 0
     """Build ``variant`` and load its weights.
 
     Args:
-        variant: ``vit_b``, ``vit_l``, ``vit_h`` or ``tiny``.
-        checkpoint: path to an official ``.pth`` state dict; ``"random"`` for seeded random
+        variant: ``vit_b``, ``vit_l``, ``vit_h``, ``tiny`` or a SAM 2 variant
+            (``sam2.1_hiera_t`` ...).
+        checkpoint: path to an official ``.pth`` state dict (SAM 2: a ``.pt`` file holding
+            ``{"model": state_dict}``); ``"random"`` for seeded random
             weights; ``None`` for the default (the shipped shape-trained weights for ``tiny``,
             random weights for the others, which are never downloaded).
         seed: seed for random weights.
@@ -167,7 +177,7 @@ def load_model(variant: str, checkpoint: str | Path | None = None, seed: int = 0
     Raises:
         InvalidInput: unknown variant, missing file, or a state dict that does not fit.
     """
-    if variant not in _BUILDERS:
+    if variant not in _BUILDERS and variant not in SAM2_CONFIGS:
         raise InvalidInput(f"unknown model {variant!r}; known: {', '.join(VARIANTS)}")
     if checkpoint is None and variant == "tiny" and SHIPPED_TINY.is_file():
         checkpoint, source = SHIPPED_TINY, "shipped"
@@ -176,16 +186,18 @@ def load_model(variant: str, checkpoint: str | Path | None = None, seed: int = 0
     else:
         source = str(checkpoint)
 
-    sam = random_sam(variant, seed)
+    sam = random_sam2(variant, seed) if variant in SAM2_CONFIGS else random_sam(variant, seed)
     if checkpoint is None:
         message = (
             f"model {variant} has RANDOM weights (seed={seed}): its masks are meaningless. "
-            "Pass --checkpoint PATH to an official .pth file for real results."
+            "Pass --checkpoint PATH to an official checkpoint file for real results."
         )
         log.warning(message)
         warnings.warn(message, RandomWeightsWarning, stacklevel=2)
     else:
         state = load_checkpoint(Path(checkpoint))
+        if variant in SAM2_CONFIGS:
+            state = unwrap_state(state, checkpoint)
         try:
             sam.load_state_dict({k: v.float() for k, v in state.items()})
         except RuntimeError as e:

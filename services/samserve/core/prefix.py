@@ -51,15 +51,19 @@ class ReadyEmbedding:
 
     Attributes:
         features: (1, 256, 64, 64) float32 image embedding.
-        prefix: the prompt-independent decoder work for it.
+        prefix: the prompt-independent decoder work for it; None for a SAM 2 model, whose
+            decoder runs as the official one (``core/sam2/decoder.py``).
         original_size: (H, W) of the image (or crop).
         input_size: (h, w) of the resized image the encoder saw.
+        high_res_features: a SAM 2 model's (1, 32, 256, 256) and (1, 64, 128, 128) float32
+            maps; empty for SAM 1.
     """
 
     features: Tensor
-    prefix: ImagePrefix
+    prefix: ImagePrefix | None
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    high_res_features: tuple[Tensor, ...] = ()
 
 
 def prepare(

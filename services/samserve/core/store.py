@@ -63,6 +63,8 @@ class Embedding:
 
 def serialize(emb: Embedding, model_id: str, dtype: str = "float16") -> bytes:
     """Bytes of one stored value (header + payload) with ``features`` cast to ``dtype``."""
+    if keys.layout_version(model_id) == keys.LAYOUT_VERSION_SAM2:
+        return _serialize_sam2(emb, model_id, dtype)
     payload = np.ascontiguousarray(emb.features, dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<"))
     raw = payload.tobytes()
     header = json.dumps(
@@ -105,6 +107,8 @@ def deserialize(value: bytes, model_id: str) -> Embedding | None:
     and the payload's length and checksum are all checked before an array is made, so a
     corrupted or hostile entry is a miss, never an error or a large allocation.
     """
+    if keys.layout_version(model_id) == keys.LAYOUT_VERSION_SAM2:
+        return _deserialize_sam2(value, model_id)
     try:
         magic, version, hlen = _HEAD.unpack_from(value)
         if magic != _MAGIC or version != keys.LAYOUT_VERSION or hlen > MAX_HEADER_BYTES:
@@ -128,6 +132,72 @@ def deserialize(value: bytes, model_id: str) -> Embedding | None:
         return None
     features = np.frombuffer(raw, dtype=dtype).reshape(EMBEDDING_SHAPE)
     return Embedding(features=features, original_size=original, input_size=input_size)
+
+
+#: A SAM 2 / 2.1 entry (layout ``keys.LAYOUT_VERSION_SAM2``): the image embedding, then the
+#: high-resolution maps finest first, as ``SAM2ImagePredictor`` keeps them.
+SAM2_SHAPES = ((256, 64, 64), (32, 256, 256), (64, 128, 128))
+#: SAM 2's encoder input: every image is resized to this square, aspect ratio not kept.
+SAM2_INPUT_SIZE = (1024, 1024)
+
+
+def _serialize_sam2(emb: Embedding, model_id: str, dtype: str) -> bytes:
+    """Layout 2: the header gives ``shapes`` (one per tensor) and the payload is the tensors'
+    bytes one after the other, each cast to ``dtype``."""
+    tensors = (emb.features, *emb.high_res_features)
+    le = np.dtype(_DTYPES[dtype]).newbyteorder("<")
+    parts = [np.ascontiguousarray(t, dtype=le) for t in tensors]
+    raw = b"".join(p.tobytes() for p in parts)
+    header = json.dumps(
+        {
+            "model_id": model_id,
+            "dtype": dtype,
+            "shapes": [list(p.shape) for p in parts],
+            "original_size": list(emb.original_size),
+            "input_size": list(emb.input_size),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+        },
+        separators=(",", ":"),
+    ).encode()
+    return _HEAD.pack(_MAGIC, keys.LAYOUT_VERSION_SAM2, len(header)) + header + raw
+
+
+def _deserialize_sam2(value: bytes, model_id: str) -> Embedding | None:
+    """Layout 2's :func:`deserialize`: the same checks (version, model, shapes, geometry,
+    length, checksum) before any array is made."""
+    try:
+        magic, version, hlen = _HEAD.unpack_from(value)
+        if magic != _MAGIC or version != keys.LAYOUT_VERSION_SAM2 or hlen > MAX_HEADER_BYTES:
+            return None
+        header = json.loads(value[_HEAD.size : _HEAD.size + hlen])
+        if not isinstance(header, dict) or header.get("model_id") != model_id:
+            return None
+        dtype = np.dtype(_DTYPES[header["dtype"]]).newbyteorder("<")
+        if header["shapes"] != [list(s) for s in SAM2_SHAPES]:
+            return None
+        original, input_size = _pair(header["original_size"]), _pair(header["input_size"])
+        if input_size != SAM2_INPUT_SIZE:
+            return None
+        raw = value[_HEAD.size + hlen :]
+        sizes = [math.prod(s) * dtype.itemsize for s in SAM2_SHAPES]
+        if len(raw) != sum(sizes):
+            return None
+        if hashlib.sha256(raw).hexdigest() != header["sha256"]:
+            return None
+    except (struct.error, ValueError, KeyError, TypeError, RecursionError) as e:
+        log.warning("unreadable embedding entry for model %s: %s", model_id, e)
+        return None
+    tensors, offset = [], 0
+    for shape, size in zip(SAM2_SHAPES, sizes, strict=True):
+        tensors.append(np.frombuffer(raw, dtype=dtype, count=size // dtype.itemsize, offset=offset))
+        tensors[-1] = tensors[-1].reshape(shape)
+        offset += size
+    return Embedding(
+        features=tensors[0],
+        original_size=original,
+        input_size=input_size,
+        high_res_features=tuple(tensors[1:]),
+    )
 
 
 class EmbeddingStore(Protocol):

@@ -95,12 +95,16 @@ def result_to_proto(
 STREAM_CHUNK_BYTES = 1 << 20
 
 
-def amg_params_from_proto(msg: decoder_pb2.SegmentEverythingRequest) -> AmgParams:
-    """AmgParams from the request: each unset field keeps the official default."""
-    given = {
-        f.name: getattr(msg, f.name) for f in dataclasses.fields(AmgParams) if msg.HasField(f.name)
-    }
-    return AmgParams(**given)
+def amg_params_from_proto(
+    msg: decoder_pb2.SegmentEverythingRequest, params_type: type[AmgParams] = AmgParams
+) -> AmgParams:
+    """The model family's parameters (``params_type``) from the request: each unset field keeps
+    the official default of that family; a field the family does not have is refused."""
+    names = {f.name for f in dataclasses.fields(params_type)}
+    for f in msg.DESCRIPTOR.fields:
+        if f.name not in names and f.has_presence and msg.HasField(f.name):
+            raise InvalidInput(f"{f.name}: not a parameter of this model's family")
+    return params_type(**{name: getattr(msg, name) for name in names if msg.HasField(name)})
 
 
 def record_to_proto(r: AmgRecord, output_mode: str) -> decoder_pb2.MaskRecord:
@@ -164,7 +168,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         The masks are computed first (the official algorithm needs all of them for its NMS), then
         streamed in groups of about STREAM_CHUNK_BYTES; an empty answer is one empty group.
         """
-        params = amg_params_from_proto(request)
+        params = amg_params_from_proto(request, self.decoder.amg_params_type)
         (h, w), records = await self.decoder.segment_everything(
             request.image_id, params, model=request.model
         )

@@ -117,5 +117,5 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             model_id=self.model.model_id,
             weights_sha256=self.model.weights_sha256,
             source=self.model.public_source,
-            family="sam1",
+            family=self.model.family,
         )

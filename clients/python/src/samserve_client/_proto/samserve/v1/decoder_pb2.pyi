@@ -57,7 +57,7 @@ class SegmentResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[PromptResult, _Mapping]]] = ..., model_id: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class SegmentEverythingRequest(_message.Message):
-    __slots__ = ("image_id", "model", "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor", "min_mask_region_area", "output_mode")
+    __slots__ = ("image_id", "model", "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor", "min_mask_region_area", "output_mode", "mask_threshold", "use_m2m", "multimask_output")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     POINTS_PER_SIDE_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,9 @@ class SegmentEverythingRequest(_message.Message):
     CROP_N_POINTS_DOWNSCALE_FACTOR_FIELD_NUMBER: _ClassVar[int]
     MIN_MASK_REGION_AREA_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_MODE_FIELD_NUMBER: _ClassVar[int]
+    MASK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    USE_M2M_FIELD_NUMBER: _ClassVar[int]
+    MULTIMASK_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     model: str
     points_per_side: int
@@ -86,7 +89,10 @@ class SegmentEverythingRequest(_message.Message):
     crop_n_points_downscale_factor: int
     min_mask_region_area: int
     output_mode: str
-    def __init__(self, image_id: _Optional[str] = ..., model: _Optional[str] = ..., points_per_side: _Optional[int] = ..., points_per_batch: _Optional[int] = ..., pred_iou_thresh: _Optional[float] = ..., stability_score_thresh: _Optional[float] = ..., stability_score_offset: _Optional[float] = ..., box_nms_thresh: _Optional[float] = ..., crop_n_layers: _Optional[int] = ..., crop_nms_thresh: _Optional[float] = ..., crop_overlap_ratio: _Optional[float] = ..., crop_n_points_downscale_factor: _Optional[int] = ..., min_mask_region_area: _Optional[int] = ..., output_mode: _Optional[str] = ...) -> None: ...
+    mask_threshold: float
+    use_m2m: bool
+    multimask_output: bool
+    def __init__(self, image_id: _Optional[str] = ..., model: _Optional[str] = ..., points_per_side: _Optional[int] = ..., points_per_batch: _Optional[int] = ..., pred_iou_thresh: _Optional[float] = ..., stability_score_thresh: _Optional[float] = ..., stability_score_offset: _Optional[float] = ..., box_nms_thresh: _Optional[float] = ..., crop_n_layers: _Optional[int] = ..., crop_nms_thresh: _Optional[float] = ..., crop_overlap_ratio: _Optional[float] = ..., crop_n_points_downscale_factor: _Optional[int] = ..., min_mask_region_area: _Optional[int] = ..., output_mode: _Optional[str] = ..., mask_threshold: _Optional[float] = ..., use_m2m: _Optional[bool] = ..., multimask_output: _Optional[bool] = ...) -> None: ...
 
 class MaskRecord(_message.Message):
     __slots__ = ("segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box")
