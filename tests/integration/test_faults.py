@@ -182,7 +182,9 @@ def test_slow_cut_and_reset_redis(tiny_random: LoadedModel, redis_server) -> Non
         assert set(phases["normal"]) == {OK}
         assert set(phases["300 ms latency"]) == {OK}
         assert set(phases["cut"]) <= {UNAVAILABLE, DEADLINE}
-        assert set(phases["reset"]) <= {OK, UNAVAILABLE}
+        # Reconnecting after the RST can outlast a 3 s deadline on a loaded machine: still a
+        # clear status by the deadline.
+        assert set(phases["reset"]) <= {OK, UNAVAILABLE, DEADLINE}
         assert set(phases["after"]) == {OK}
         for service in (stack.decoder, stack.embedding):
             assert service is not None

@@ -21,9 +21,10 @@ from tools.shapes import make_shapes_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-AGE_MS, GRACE_MS = 1000, 500
+#: A connection lives 1.5-3.15 s: long enough to replay a few steps on a loaded machine.
+AGE_MS, GRACE_MS = 1500, 1500
 #: Longer than the age (+10% jitter) plus the grace: the stream is gone by the next step.
-PAUSE_S = 2.0
+PAUSE_S = 3.5
 STEPS: list[tuple[str, Any]] = [
     ("click", (40, 30, 1)),
     ("click", (90, 60, 0)),

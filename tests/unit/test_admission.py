@@ -93,3 +93,24 @@ async def test_unbounded_steps_queue_but_are_never_refused() -> None:
     release.set()
     await asyncio.gather(busy, stepping)
     assert entered == [1, 2]
+
+
+async def test_a_waiter_cancelled_in_the_tick_its_slot_frees_is_skipped() -> None:
+    """The slot goes to the next live waiter: no InvalidStateError for the releaser, no
+    ValueError for the leaver, and the counts come back to zero."""
+    lane = _lane(slots=1, queued=4)
+    release = asyncio.Event()
+    entered: list[int] = []
+    busy = asyncio.create_task(_hold(lane, 1, entered, 1, release))
+    await asyncio.sleep(0)
+    leaver = asyncio.create_task(_hold(lane, 1, entered, 2, release))
+    stayer = asyncio.create_task(_hold(lane, 1, entered, 3, release))
+    await asyncio.sleep(0)
+    assert lane.queued == 2
+    release.set()  # the busy job wakes first and releases its slot ...
+    leaver.cancel()  # ... after the leaver's future is cancelled, before its cleanup runs
+    await asyncio.gather(busy, stayer)
+    with pytest.raises(asyncio.CancelledError):
+        await leaver
+    assert entered == [1, 3]
+    assert (lane.running, lane.queued) == (0, 0)

@@ -124,7 +124,7 @@ class Lane:
         except BaseException:
             if waiter.future.done() and not waiter.future.cancelled():
                 self._release()  # granted just as the caller left: hand the slot on
-            else:
+            elif waiter in self._waiters:  # else _release already dropped it
                 self._waiters.remove(waiter)
                 self.queued -= cost
                 self._publish()
@@ -162,6 +162,8 @@ class Lane:
         while self._waiters and self.running < self.slots:
             waiter = self._waiters.popleft()
             self.queued -= waiter.cost
+            if waiter.future.done():
+                continue  # its caller left (cancelled) in this very tick: skip it
             self.running += 1
             waiter.future.set_result(None)
         # Wake jobs waiting for room in the queue; each checks again (a fresh event each time).
