@@ -55,6 +55,7 @@ def test_async_client_matches_sync(stack: StackThread, shapes_rgb: np.ndarray) -
     assert len(refs) == 2
     assert isinstance(info, ModelInfo)
     assert info.model_id == ref.model_id
+    assert info.family == "sam1"
 
 
 def test_deadline_is_applied(stack: StackThread, shapes_rgb: np.ndarray) -> None:
