@@ -219,7 +219,9 @@ class Decoder:
         lru_entries: embeddings kept ready in process (about 14 MiB each).
         max_prompts: most prompts in one request.
         max_points: most points in one prompt.
-        workers: threads running the decoder.
+        workers: threads running the decoder (prompts decoded at once).
+        intra_op_threads: torch intra-op threads of each worker (set per thread: the rest of
+            the process, e.g. an in-process encoder, keeps its own).
         work_bytes: memory budget of one job's full-resolution work.
         max_response_bytes: largest Segment answer.
         max_queued_prompts: prompts allowed to wait for a worker.
@@ -241,6 +243,7 @@ class Decoder:
         max_prompts: int = 64,
         max_points: int = 64,
         workers: int = 2,
+        intra_op_threads: int = 1,
         work_bytes: int = DEFAULT_WORK_BYTES,
         max_response_bytes: int = 64 * 1024 * 1024,
         max_queued_prompts: int = 16,
@@ -264,7 +267,14 @@ class Decoder:
         self._touched: dict[str, float] = {}
         with torch.inference_mode():
             self._dense_pe = sam.prompt_encoder.get_dense_pe()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decoder")
+        self.workers = workers
+        self.intra_op_threads = intra_op_threads
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="decoder",
+            initializer=torch.set_num_threads,
+            initargs=(intra_op_threads,),
+        )
         self.prompts = Lane(
             "decoder",
             workers,

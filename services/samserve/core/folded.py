@@ -24,10 +24,10 @@ import weakref
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 from torch import Tensor, nn
+from torch.nn import functional
 
 
 def foldable(attn: Attention, tokens: int) -> bool:
@@ -142,7 +142,7 @@ class Upscaling:
         c2 = hyper.shape[-1]
         m = hyper.shape[1]
         x = torch.addmm(self.b1, tokens.reshape(b * n, -1), self.w1)  # (B*N, 4*C1)
-        x = F.layer_norm(x.view(-1, c1), (c1,), self.norm_weight, self.norm_bias, self.eps)
+        x = functional.layer_norm(x.view(-1, c1), (c1,), self.norm_weight, self.norm_bias, self.eps)
         x = self.act1(x)  # (B*N*4, C1): pixels (b, y, x, dy, dx)
         x = self.act2(torch.addmm(self.b2, x, self.w2))  # (B*N*4, 4*C2)
         x = x.view(b, n * 16, c2)  # pixels (y, x, dy, dx, ey, ex)
