@@ -187,8 +187,10 @@ def predict(
         h, w = loaded.original_size
         masks = np.empty((low_res.shape[1], h, w), dtype=bool)
         pieces = upscaled(sam, low_res[0], loaded.input_size, loaded.original_size, work_bytes)
-        for start, logits in pieces:
-            masks[start : start + len(logits)] = (logits > sam.mask_threshold).numpy()
+        for start, logits in pieces:  # thresholded straight into the answer's array
+            torch.gt(
+                logits, sam.mask_threshold, out=torch.from_numpy(masks[start : start + len(logits)])
+            )
     return Prediction(masks=masks, scores=iou[0].numpy(), low_res_logits=low_res[0].numpy())
 
 
@@ -490,8 +492,8 @@ class Decoder:
         start = time.perf_counter()
         async with self.everything.admit():
             run = amg.EverythingRun(self.sam, params, whole.original_size, crops, self.work_bytes)
-            for job in run.jobs():
-                await self._in_pool(job, bounded=False)
+            for stage in run.jobs():
+                await asyncio.gather(*(self._in_pool(job, bounded=False) for job in stage))
             records = await self._in_pool(run.finish, bounded=False)
         self.metrics.decoder_seconds.observe(time.perf_counter() - start)
         return whole.original_size, records

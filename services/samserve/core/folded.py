@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from segment_anything.modeling import Sam
+from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.transformer import Attention
 from torch import Tensor, nn
 from torch.nn import functional
@@ -32,7 +33,7 @@ from torch.nn import functional
 
 def foldable(attn: Attention, tokens: int) -> bool:
     """Whether folding beats projecting the image tokens for ``tokens`` prompt-side tokens."""
-    return attn.num_heads * tokens < attn.internal_dim
+    return bool(attn.num_heads * tokens < attn.internal_dim)
 
 
 def _heads(w: Tensor, num_heads: int) -> Tensor:
@@ -123,6 +124,7 @@ class Upscaling:
     def of(cls, seq: nn.Sequential) -> Upscaling:
         conv1, norm, act1, conv2, act2 = seq
         assert isinstance(conv1, nn.ConvTranspose2d) and isinstance(conv2, nn.ConvTranspose2d)
+        assert isinstance(norm, LayerNorm2d)
         assert conv1.kernel_size == (2, 2) and conv1.stride == (2, 2)
         assert conv2.kernel_size == (2, 2) and conv2.stride == (2, 2)
         with torch.inference_mode():
