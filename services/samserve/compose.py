@@ -191,6 +191,7 @@ async def start_decoder(
         max_points=limits.max_points,
         workers=threads.workers,
         intra_op_threads=threads.intra_op,
+        cpus=threads.cpus,
         work_bytes=settings.work_bytes,
         max_response_bytes=limits.max_response_bytes,
         max_queued_prompts=settings.max_queued_prompts,

@@ -375,8 +375,9 @@ class DecoderSettings(Settings):
     )
     decoder_threads: int = setting(
         0,
-        "intra-op threads of each decoder worker (0: the CPU limit divided by the workers, so 1 "
-        "with automatic workers: small matrices scale better across calls than inside one)",
+        "intra-op threads of each decoder worker (0: adaptive, the CPU limit divided by the "
+        "calls running: a lone call gets every CPU, a full pool one thread per call, as small "
+        "matrices scale better across calls than inside one)",
     )
     work_bytes: int = setting(
         256 * 1024 * 1024,

@@ -76,9 +76,10 @@ def test_no_limit_uses_affinity(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("workers", "threads", "cpus", "expected"),
-    [(0, 0, 2, (2, 1)), (0, 0, 8, (8, 1)), (1, 0, 4, (1, 4)), (3, 0, 2, (3, 1)),
+    [(0, 0, 2, (2, 0)), (0, 0, 8, (8, 0)), (1, 0, 4, (1, 0)), (3, 1, 2, (3, 1)),
      (0, 2, 4, (4, 2)), (2, 3, 16, (2, 3))],
 )  # fmt: skip
 def test_decoder_threads(workers: int, threads: int, cpus: int, expected: tuple[int, int]) -> None:
+    """Workers default to the CPUs; threads stay 0 (adaptive) unless given."""
     got = decoder_threads(workers, threads, cpus)
-    assert (got.workers, got.intra_op) == expected
+    assert (got.workers, got.intra_op, got.cpus) == (*expected, cpus)

@@ -125,18 +125,19 @@ def available_cpus(
 
 @dataclass(frozen=True, slots=True)
 class DecoderThreads:
-    """How the decoder uses its CPUs: ``workers`` calls at once, each on ``intra_op`` threads."""
+    """How the decoder uses its CPUs: ``workers`` calls at once, each on ``intra_op`` threads
+    (0: adaptive, ``cpus`` divided by the calls running at that moment)."""
 
     workers: int
     intra_op: int
+    cpus: int
 
 
 def decoder_threads(workers: int, intra_op: int, cpus: int) -> DecoderThreads:
     """Resolve the decoder's settings (0 = automatic) for ``cpus`` CPUs.
 
-    Small matrices scale badly across threads, so the automatic choice is one worker per CPU,
-    each on one intra-op thread; a given worker count gets ``cpus // workers`` threads each.
+    Small matrices scale better across calls than inside one, so the automatic choice is one
+    worker per CPU; their intra-op threads adapt to the load: a lone call gets every CPU, and
+    with every worker busy each has one thread. A given thread count is fixed per worker.
     """
-    w = workers if workers > 0 else cpus
-    t = intra_op if intra_op > 0 else max(1, cpus // w)
-    return DecoderThreads(w, t)
+    return DecoderThreads(workers if workers > 0 else cpus, max(0, intra_op), cpus)

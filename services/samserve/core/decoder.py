@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -223,7 +224,10 @@ class Decoder:
         max_points: most points in one prompt.
         workers: threads running the decoder (prompts decoded at once).
         intra_op_threads: torch intra-op threads of each worker (set per thread: the rest of
-            the process, e.g. an in-process encoder, keeps its own).
+            the process, e.g. an in-process encoder, keeps its own); 0: adaptive, ``cpus``
+            divided by the calls running at that moment (a lone call gets every CPU, a full
+            pool one thread per call).
+        cpus: CPUs the adaptive choice shares out.
         work_bytes: memory budget of one job's full-resolution work.
         max_response_bytes: largest Segment answer.
         max_queued_prompts: prompts allowed to wait for a worker.
@@ -246,6 +250,7 @@ class Decoder:
         max_points: int = 64,
         workers: int = 2,
         intra_op_threads: int = 1,
+        cpus: int = 1,
         work_bytes: int = DEFAULT_WORK_BYTES,
         max_response_bytes: int = 64 * 1024 * 1024,
         max_queued_prompts: int = 16,
@@ -271,11 +276,14 @@ class Decoder:
             self._dense_pe = sam.prompt_encoder.get_dense_pe()
         self.workers = workers
         self.intra_op_threads = intra_op_threads
+        self.cpus = max(1, cpus)
+        self._running = 0
+        self._running_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
             max_workers=workers,
             thread_name_prefix="decoder",
             initializer=torch.set_num_threads,
-            initargs=(intra_op_threads,),
+            initargs=(intra_op_threads or 1,),
         )
         self.prompts = Lane(
             "decoder",
@@ -357,10 +365,27 @@ class Decoder:
         async with self.prompts.admit(cost, bounded=bounded):
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(self._pool, functools.partial(fn, *args, cancel))
+                return await loop.run_in_executor(
+                    self._pool, functools.partial(self._threaded, fn, *args, cancel)
+                )
             except asyncio.CancelledError:
                 cancel.set()
                 raise
+
+    def _threaded(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on this worker thread, with adaptive intra-op threads when asked."""
+        if self.intra_op_threads > 0:
+            return fn(*args)
+        with self._running_lock:
+            self._running += 1
+            threads = max(1, self.cpus // self._running)
+        try:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            return fn(*args)
+        finally:
+            with self._running_lock:
+                self._running -= 1
 
     async def segment(
         self,
@@ -492,8 +517,10 @@ class Decoder:
         start = time.perf_counter()
         async with self.everything.admit():
             run = amg.EverythingRun(self.sam, params, whole.original_size, crops, self.work_bytes)
-            for stage in run.jobs():
-                await asyncio.gather(*(self._in_pool(job, bounded=False) for job in stage))
+            for stage in run.jobs():  # a stage's pieces, as many at once as there are workers
+                for i in range(0, len(stage), self.workers):
+                    window = stage[i : i + self.workers]
+                    await asyncio.gather(*(self._in_pool(job, bounded=False) for job in window))
             records = await self._in_pool(run.finish, bounded=False)
         self.metrics.decoder_seconds.observe(time.perf_counter() - start)
         return whole.original_size, records
