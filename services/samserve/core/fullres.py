@@ -82,10 +82,11 @@ def postprocess_masks(
     ``floor((i + 0.5) / f - 0.5)`` and the next: the first ``ceil(h / f) + 1`` input rows give
     the first ``h`` output rows exactly as the whole input does (same scale, same weights).
     """
-    size = sam.image_encoder.img_size
+    size = int(sam.image_encoder.img_size)
     low = masks.shape[-1]
     if size % low or masks.shape[-2] != low:
-        return sam.postprocess_masks(masks, input_size, original_size)
+        official: torch.Tensor = sam.postprocess_masks(masks, input_size, original_size)
+        return official
     f = size // low
     rows = min(low, math.ceil(input_size[0] / f) + 2)
     cols = min(low, math.ceil(input_size[1] / f) + 2)
