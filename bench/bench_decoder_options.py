@@ -3,6 +3,9 @@
     python bench/bench_decoder_options.py [--model tiny] [--checkpoint PATH] [--calls 20]
         [--threads 1,2] [--only NAME,...]
 
+Run ``torch.compile``, ``onednn`` and ``onnx`` each with ``--only`` in a process of its own: after
+one of them, torch's dispatcher state can make the next fail (seen with torch 2.14).
+
 One point (plus the official padding point), multimask, on a stored embedding of a 1200x1800
 shapes image. Each option times the prompt encoder and mask decoder (``decode`` rows), or the
 whole ``predict`` with upsampling to 1200x1800 and bit-packing (``predict`` rows), median of
@@ -60,7 +63,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--only", default="")
+    parser.add_argument("--only", default="prefix,folded,channels_last")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
@@ -189,7 +192,11 @@ def main() -> None:
     rows = []
     base: dict[int, float] = {}
     for name, fn in options.items():
-        if wanted is not None and name not in wanted and name != "official":
+        if (
+            wanted is not None
+            and name != "official"
+            and not any(name.startswith(w) for w in wanted)
+        ):
             continue
         with torch.inference_mode():
             low, scores = fn()
