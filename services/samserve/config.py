@@ -374,10 +374,10 @@ class DecoderSettings(Settings):
         "from the cgroup's cpu.max or cpu.cfs_quota_us, not the host's cores)",
     )
     decoder_threads: int = setting(
-        0,
-        "intra-op threads of each decoder worker (0: adaptive, the CPU limit divided by the "
-        "calls running: a lone call gets every CPU, a full pool one thread per call, as small "
-        "matrices scale better across calls than inside one)",
+        1,
+        "intra-op threads of each decoder worker (small matrices scale better across calls than "
+        "inside one); 0: adaptive, the CPU limit divided by the calls running (a lone call gets "
+        "every CPU; measured worse on a contended machine, where spinning threads wait)",
     )
     work_bytes: int = setting(
         256 * 1024 * 1024,
