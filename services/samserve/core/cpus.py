@@ -134,10 +134,8 @@ class DecoderThreads:
 
 
 def decoder_threads(workers: int, intra_op: int, cpus: int) -> DecoderThreads:
-    """Resolve the decoder's settings (0 = automatic) for ``cpus`` CPUs.
-
-    Small matrices scale better across calls than inside one, so the automatic choice is one
-    worker per CPU; their intra-op threads adapt to the load: a lone call gets every CPU, and
-    with every worker busy each has one thread. A given thread count is fixed per worker.
+    """Resolve the decoder's settings for ``cpus`` CPUs: workers 0 means one per CPU (small
+    matrices scale better across calls than inside one); threads pass through (the settings'
+    default is 1; 0 asks for adaptive threads: a lone call gets every CPU, a full pool one each).
     """
     return DecoderThreads(workers if workers > 0 else cpus, max(0, intra_op), cpus)
