@@ -17,6 +17,7 @@ from samserve.config import (
     ServerSettings,
     StoreSettings,
 )
+from samserve.core.cpus import available_cpus, decoder_threads
 from samserve.core.decoder import Decoder
 from samserve.core.embedding import Embedder, EmbedLimits
 from samserve.core.encoder import Encoder, LocalEncoder
@@ -185,6 +186,7 @@ async def start_decoder(
 ) -> RunningService:
     """Start the decoder service."""
     settings = settings or DecoderSettings()
+    threads = decoder_threads(settings.decoder_workers, settings.decoder_threads, available_cpus())
     metrics = Metrics()
     store = _store(store_settings)
     decoder_class = Sam2Decoder if model.family == "sam2" else Decoder
@@ -197,7 +199,9 @@ async def start_decoder(
         lru_entries=settings.lru_entries,
         max_prompts=limits.max_prompts,
         max_points=limits.max_points,
-        workers=settings.decoder_workers,
+        workers=threads.workers,
+        intra_op_threads=threads.intra_op,
+        cpus=threads.cpus,
         work_bytes=settings.work_bytes,
         max_response_bytes=limits.max_response_bytes,
         max_queued_prompts=settings.max_queued_prompts,

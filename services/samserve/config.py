@@ -369,7 +369,17 @@ class DecoderSettings(Settings):
     """How much the decoder service does at once, and in what memory."""
 
     title: ClassVar[str] = "decoder"
-    decoder_workers: int = setting(2, "threads running the prompt encoder and mask decoder")
+    decoder_workers: int = setting(
+        0,
+        "prompts decoded at once, one thread each (0: one per CPU of the pod's CPU limit, read "
+        "from the cgroup's cpu.max or cpu.cfs_quota_us, not the host's cores)",
+    )
+    decoder_threads: int = setting(
+        1,
+        "intra-op threads of each decoder worker (small matrices scale better across calls than "
+        "inside one); 0: adaptive, the CPU limit divided by the calls running (a lone call gets "
+        "every CPU; measured worse on a contended machine, where spinning threads wait)",
+    )
     work_bytes: int = setting(
         256 * 1024 * 1024,
         "memory budget of one decoder job's full-resolution work (masks are upsampled and "
@@ -394,9 +404,15 @@ class DecoderSettings(Settings):
     )
 
     def __post_init__(self) -> None:
-        for name in ("decoder_workers", "work_bytes", "max_everything_work", "max_queue_seconds"):
+        for name in ("work_bytes", "max_everything_work", "max_queue_seconds"):
             _check(getattr(self, name) > 0, DecoderSettings, name, "must be > 0")
-        for name in ("lru_entries", "max_queued_prompts", "max_queued_everything"):
+        for name in (
+            "decoder_workers",
+            "decoder_threads",
+            "lru_entries",
+            "max_queued_prompts",
+            "max_queued_everything",
+        ):
             _check(getattr(self, name) >= 0, DecoderSettings, name, "must be >= 0")
 
 

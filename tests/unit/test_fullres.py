@@ -37,3 +37,22 @@ def test_cancel_stops_between_pieces() -> None:
     cancel.set()
     with pytest.raises(DeadlineExceeded):
         next(pieces)
+
+
+@pytest.mark.parametrize(
+    ("original", "input_size"),
+    [((1200, 1800), (683, 1024)), ((480, 640), (768, 1024)), ((640, 480), (1024, 768)),
+     ((333, 1000), (341, 1024)), ((512, 512), (1024, 1024)), ((7, 3000), (3, 1024))],
+)  # fmt: skip
+def test_postprocess_masks_equals_official(
+    original: tuple[int, int], input_size: tuple[int, int]
+) -> None:
+    """The cropped first upsampling gives exactly ``Sam.postprocess_masks``'s values."""
+    from samserve.core.fullres import postprocess_masks
+
+    sam = load_model("tiny", "random", seed=0).sam
+    low = torch.randn(3, 1, 256, 256, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = sam.postprocess_masks(low, input_size, original)
+        ours = postprocess_masks(sam, low, input_size, original)
+    assert torch.equal(ours, ref)

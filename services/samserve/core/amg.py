@@ -11,8 +11,8 @@ Memory stays bounded whatever the image size, with the official answer unchanged
 filtered on predicted IoU before anything is upsampled (the official filter, moved earlier), then
 upsampled and encoded a few masks at a time (``core/fullres.py``), each mask kept only as a
 compact RLE; small-region postprocessing handles one mask at a time. A generation is a sequence of
-jobs (:class:`EverythingRun`), so the caller runs them one by one and stops between them when its
-own caller has gone.
+jobs (:class:`EverythingRun`), so the caller runs them on its worker threads (the grid's pieces at
+once) and stops between them when its own caller has gone.
 """
 
 from __future__ import annotations
@@ -196,9 +196,9 @@ class EverythingRun:
     """``SamAutomaticMaskGenerator(sam, **params).generate(image)`` given each crop's embedding,
     split into jobs.
 
-    Run every callable of :meth:`jobs` in order (on worker threads, one at a time), then
-    :meth:`finish`. Each job's memory is bounded by ``work_bytes``; ``cancel`` stops a job
-    between its pieces.
+    Run the stages of :meth:`jobs` in order (the callables of one stage on worker threads, at
+    once or not), then :meth:`finish`. Each job's memory is bounded by ``work_bytes``;
+    ``cancel`` stops a job between its pieces.
 
     Args:
         sam: the model (prompt encoder, mask decoder, mask threshold).
@@ -229,28 +229,49 @@ class EverythingRun:
         )
         self.data = MaskData()
 
-    def jobs(self) -> Iterator[Callable[[Cancel], None]]:
-        """The batches of every crop, each crop followed by its own NMS."""
+    def jobs(self) -> Iterator[list[Callable[[Cancel], None]]]:
+        """Stages, in order: the pieces of a crop's grid (which may run at once, on several
+        threads), then that crop's NMS.
+
+        The official batches are split further into pieces of what one decode holds: every
+        step of the official ``_process_batch`` is per mask, so pieces concatenated in order
+        give the batch's masks in the batch's order.
+        """
+        step = max(1, self.work_bytes // DECODE_BYTES_PER_POINT)
         for crop_box, layer_idx, emb in self.crops:
-            crop_data = MaskData()
             scale = np.array(emb.original_size)[None, ::-1]
             points_for_image = self.grids[layer_idx] * scale
-            for (points,) in batch_iterator(self.params.points_per_batch, points_for_image):
-                yield functools.partial(self._batch, crop_data, emb, points, crop_box)
-            yield functools.partial(self._finish_crop, crop_data, crop_box)
+            pieces = [
+                points[i : i + step]
+                for (points,) in batch_iterator(self.params.points_per_batch, points_for_image)
+                for i in range(0, len(points), step)
+            ]
+            results: list[MaskData | None] = [None] * len(pieces)
+            yield [
+                functools.partial(self._batch, results, i, emb, points, crop_box)
+                for i, points in enumerate(pieces)
+            ]
+            yield [functools.partial(self._finish_crop, results, crop_box)]
 
     def _batch(
         self,
-        crop_data: MaskData,
+        results: list[MaskData | None],
+        index: int,
         emb: ReadyEmbedding,
         points: np.ndarray,
         crop_box: list[int],
         cancel: Cancel,
     ) -> None:
         with torch.inference_mode():
-            crop_data.cat(self._process_batch(emb, points, crop_box, cancel))
+            results[index] = self._process_batch(emb, points, crop_box, cancel)
 
-    def _finish_crop(self, crop_data: MaskData, crop_box: list[int], cancel: Cancel) -> None:
+    def _finish_crop(
+        self, results: list[MaskData | None], crop_box: list[int], cancel: Cancel
+    ) -> None:
+        crop_data = MaskData()
+        for piece in results:
+            assert piece is not None, "every piece of the crop runs before its NMS"
+            crop_data.cat(piece)
         with torch.inference_mode():
             if _count(crop_data) == 0:
                 return

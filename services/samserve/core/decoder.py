@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -187,8 +188,10 @@ def predict(
         h, w = loaded.original_size
         masks = np.empty((low_res.shape[1], h, w), dtype=bool)
         pieces = upscaled(sam, low_res[0], loaded.input_size, loaded.original_size, work_bytes)
-        for start, logits in pieces:
-            masks[start : start + len(logits)] = (logits > sam.mask_threshold).numpy()
+        for start, logits in pieces:  # thresholded straight into the answer's array
+            torch.gt(
+                logits, sam.mask_threshold, out=torch.from_numpy(masks[start : start + len(logits)])
+            )
     return Prediction(masks=masks, scores=iou[0].numpy(), low_res_logits=low_res[0].numpy())
 
 
@@ -219,7 +222,12 @@ class Decoder:
         lru_entries: embeddings kept ready in process (about 14 MiB each).
         max_prompts: most prompts in one request.
         max_points: most points in one prompt.
-        workers: threads running the decoder.
+        workers: threads running the decoder (prompts decoded at once).
+        intra_op_threads: torch intra-op threads of each worker (set per thread: the rest of
+            the process, e.g. an in-process encoder, keeps its own); 0: adaptive, ``cpus``
+            divided by the calls running at that moment (a lone call gets every CPU, a full
+            pool one thread per call).
+        cpus: CPUs the adaptive choice shares out.
         work_bytes: memory budget of one job's full-resolution work.
         max_response_bytes: largest Segment answer.
         max_queued_prompts: prompts allowed to wait for a worker.
@@ -241,6 +249,8 @@ class Decoder:
         max_prompts: int = 64,
         max_points: int = 64,
         workers: int = 2,
+        intra_op_threads: int = 1,
+        cpus: int = 1,
         work_bytes: int = DEFAULT_WORK_BYTES,
         max_response_bytes: int = 64 * 1024 * 1024,
         max_queued_prompts: int = 16,
@@ -264,7 +274,17 @@ class Decoder:
         self._touched: dict[str, float] = {}
         with torch.inference_mode():
             self._dense_pe = self._make_dense_pe()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decoder")
+        self.workers = workers
+        self.intra_op_threads = intra_op_threads
+        self.cpus = max(1, cpus)
+        self._running = 0
+        self._running_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="decoder",
+            initializer=torch.set_num_threads,
+            initargs=(intra_op_threads or 1,),
+        )
         self.prompts = Lane(
             "decoder",
             workers,
@@ -337,10 +357,27 @@ class Decoder:
         async with self.prompts.admit(cost, bounded=bounded):
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(self._pool, functools.partial(fn, *args, cancel))
+                return await loop.run_in_executor(
+                    self._pool, functools.partial(self._threaded, fn, *args, cancel)
+                )
             except asyncio.CancelledError:
                 cancel.set()
                 raise
+
+    def _threaded(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on this worker thread, with adaptive intra-op threads when asked."""
+        if self.intra_op_threads > 0:
+            return fn(*args)
+        with self._running_lock:
+            self._running += 1
+            threads = max(1, self.cpus // self._running)
+        try:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            return fn(*args)
+        finally:
+            with self._running_lock:
+                self._running -= 1
 
     async def segment(
         self,
@@ -500,8 +537,10 @@ class Decoder:
         start = time.perf_counter()
         async with self.everything.admit():
             run = self._everything_run(params, whole.original_size, crops)
-            for job in run.jobs():
-                await self._in_pool(job, bounded=False)
+            for stage in run.jobs():  # a stage's pieces, as many at once as there are workers
+                for i in range(0, len(stage), self.workers):
+                    window = stage[i : i + self.workers]
+                    await asyncio.gather(*(self._in_pool(job, bounded=False) for job in window))
             records = await self._in_pool(run.finish, bounded=False)
         self.metrics.decoder_seconds.observe(time.perf_counter() - start)
         return whole.original_size, records

@@ -9,11 +9,13 @@ between pieces when its caller has gone.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 
 import torch
 from segment_anything.modeling import Sam
+from torch.nn import functional
 
 from samserve.core.errors import DeadlineExceeded
 
@@ -67,4 +69,29 @@ def upscaled(
         if cancel is not None:
             cancel.check()
         piece = low_res[start : start + k, None]
-        yield start, sam.postprocess_masks(piece, input_size, original_size)[:, 0]
+        yield start, postprocess_masks(sam, piece, input_size, original_size)[:, 0]
+
+
+def postprocess_masks(
+    sam: Sam, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+) -> torch.Tensor:
+    """``Sam.postprocess_masks``, the same values, with its first upsampling (to the encoder's
+    square input) computed only over the part its crop keeps.
+
+    Bilinear upsampling by an integer factor reads, for output row ``i``, input rows
+    ``floor((i + 0.5) / f - 0.5)`` and the next: the first ``ceil(h / f) + 1`` input rows give
+    the first ``h`` output rows exactly as the whole input does (same scale, same weights).
+    """
+    size = int(sam.image_encoder.img_size)
+    low = masks.shape[-1]
+    if size % low or masks.shape[-2] != low:
+        official: torch.Tensor = sam.postprocess_masks(masks, input_size, original_size)
+        return official
+    f = size // low
+    rows = min(low, math.ceil(input_size[0] / f) + 2)
+    cols = min(low, math.ceil(input_size[1] / f) + 2)
+    up = functional.interpolate(
+        masks[..., :rows, :cols], scale_factor=f, mode="bilinear", align_corners=False
+    )
+    up = up[..., : input_size[0], : input_size[1]]
+    return functional.interpolate(up, original_size, mode="bilinear", align_corners=False)

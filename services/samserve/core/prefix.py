@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
-from segment_anything.modeling.transformer import Attention
+from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 from torch import Tensor
+
+from samserve.core import folded
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,15 +119,20 @@ def _project(attn: Attention, proj: torch.nn.Linear, x: Tensor) -> Tensor:
 
 
 def decode(
-    sam: Sam, prefix: ImagePrefix, sparse: Tensor, multimask_output: bool
+    sam: Sam, prefix: ImagePrefix, sparse: Tensor, multimask_output: bool, fold: bool = True
 ) -> tuple[Tensor, Tensor]:
     """``MaskDecoder.forward`` for prompts without a mask input, reusing ``prefix``.
+
+    With ``fold`` (the default), the image-side projections of attention are folded into the
+    prompt side when that is cheaper, and the upscaling runs channels-last on the masks asked
+    for only (``core/folded.py``); ``fold=False`` runs the official layers as they are.
 
     Args:
         sam: the model.
         prefix: from :func:`build_prefix` for this image.
         sparse: (B, N, C) sparse prompt embeddings from the official prompt encoder.
         multimask_output: three masks (True) or one (False) per prompt.
+        fold: reorder the linear work (equal up to float32 rounding).
 
     Returns:
         Low-resolution mask logits (B, K, 256, 256) and predicted IoU (B, K).
@@ -136,9 +143,10 @@ def decode(
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
     tokens = torch.cat((output_tokens, sparse), dim=1)
+    layer = transformer.layers[0]
+    fold = fold and folded.foldable(layer.cross_attn_image_to_token, tokens.shape[1])
 
     # Layer 0 (skip_first_layer_pe), with the image-side projections from the prefix.
-    layer = transformer.layers[0]
     queries = layer.self_attn(q=tokens, k=tokens, v=tokens)
     queries = layer.norm1(queries)
     t2i = layer.cross_attn_token_to_image
@@ -147,21 +155,38 @@ def decode(
     queries = layer.norm3(queries + layer.mlp(queries))
     i2t = layer.cross_attn_image_to_token
     q_tokens = queries + tokens
-    k = _project(i2t, i2t.k_proj, q_tokens)
-    v = _project(i2t, i2t.v_proj, queries)
-    keys = layer.norm4(prefix.keys + _attend(i2t, prefix.i2t_q, k, v))
+    if fold:
+        attn = folded.image_to_tokens_projected(i2t, prefix.i2t_q, q_tokens, queries)
+    else:
+        k = _project(i2t, i2t.k_proj, q_tokens)
+        v = _project(i2t, i2t.v_proj, queries)
+        attn = _attend(i2t, prefix.i2t_q, k, v)
+    keys = layer.norm4(prefix.keys + attn)
     key_pe = prefix.key_pe
 
-    # The remaining layers and the final attention, exactly as TwoWayTransformer.forward.
-    for layer in transformer.layers[1:]:
-        queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=key_pe)
-    attn_out = transformer.final_attn_token_to_image(q=queries + tokens, k=keys + key_pe, v=keys)
+    # The remaining layers and the final attention, as TwoWayTransformer.forward.
+    final = transformer.final_attn_token_to_image
+    if fold:
+        for layer in transformer.layers[1:]:
+            queries, keys = _folded_layer(layer, queries, keys, tokens, key_pe)
+        attn_out = folded.tokens_to_image(final, queries + tokens, keys + key_pe, keys)
+    else:
+        for layer in transformer.layers[1:]:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=key_pe)
+        attn_out = final(q=queries + tokens, k=keys + key_pe, v=keys)
     hs = transformer.norm_final_attn(queries + attn_out)
 
-    # MaskDecoder.predict_masks after the transformer.
+    # MaskDecoder.predict_masks after the transformer (only the masks asked for, when folded).
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]
     h, w = prefix.size
+    mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+    iou_pred = decoder.iou_prediction_head(iou_token_out)
+    if fold:
+        mlps = list(enumerate(decoder.output_hypernetworks_mlps))[mask_slice]
+        hyper = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in mlps], dim=1)
+        masks = folded.upscaling(sam).masks(keys, (h, w), hyper)
+        return masks, iou_pred[:, mask_slice]
     src = keys.transpose(1, 2).reshape(b, -1, h, w)
     upscaled = decoder.output_upscaling(src)
     hyper_in = torch.stack(
@@ -170,7 +195,24 @@ def decode(
     )
     _, c, uh, uw = upscaled.shape
     masks = (hyper_in @ upscaled.view(b, c, uh * uw)).view(b, -1, uh, uw)
-    iou_pred = decoder.iou_prediction_head(iou_token_out)
-
-    mask_slice = slice(1, None) if multimask_output else slice(0, 1)
     return masks[:, mask_slice, :, :], iou_pred[:, mask_slice]
+
+
+def _folded_layer(
+    layer: TwoWayAttentionBlock, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``TwoWayAttentionBlock.forward`` (without skip_first_layer_pe) with both cross
+    attentions folded (``core/folded.py``)."""
+    q = queries + query_pe
+    queries = layer.norm1(queries + layer.self_attn(q=q, k=q, v=queries))
+    keys_pe = keys + key_pe
+    attn = folded.tokens_to_image(
+        layer.cross_attn_token_to_image, queries + query_pe, keys_pe, keys
+    )
+    queries = layer.norm2(queries + attn)
+    queries = layer.norm3(queries + layer.mlp(queries))
+    q = queries + query_pe
+    keys = layer.norm4(
+        keys + folded.image_to_tokens(layer.cross_attn_image_to_token, keys_pe, q, queries)
+    )
+    return queries, keys
