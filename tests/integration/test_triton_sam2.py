@@ -171,7 +171,7 @@ def test_segment_parity_through_services(
     finally:
         local_stack.close()
     predictor = SAM2ImagePredictor(model.sam)
-    predictor.set_image(sample.image)
+    predictor.set_image(sample.image.copy())
     for kwargs, got, local in zip(prompts, via_triton, via_local, strict=True):
         _assert_same(got, local.masks, local.scores, f"{kwargs} (local encoder)")
         masks, scores, _ = predictor.predict(
