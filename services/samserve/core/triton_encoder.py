@@ -203,15 +203,29 @@ SAM2_OUTPUTS = {
 }
 
 
-class Sam2TritonEncoder(TritonEncoder):
+class Sam2TritonEncoder:
     """Encodes images for a SAM 2 / 2.1 model on Triton (``triton_models/
     sam_image_encoder_sam2*``); implements :class:`samserve.core.encoder.Encoder`.
 
     The image is resized here exactly as ``SAM2Transforms`` resizes it (float, to a 1024
     square, aspect ratio not kept) and sent as FP32 [3, 1024, 1024] before normalisation; the
     model normalises and returns the three tensors the decoder needs. Arguments as for
-    :class:`TritonEncoder`.
+    :class:`TritonEncoder`, whose channel, health check and error mapping it uses.
     """
+
+    def __init__(self, address: str, model_name: str, timeout: float = 60.0, **kwargs: Any) -> None:
+        self._triton = TritonEncoder(address, model_name, timeout, **kwargs)
+        self.address = address
+        self.model_name = model_name
+        self.timeout = timeout
+
+    async def ready(self) -> bool:
+        """True when Triton is live and the model is ready."""
+        return await self._triton.ready()
+
+    async def close(self) -> None:
+        """Close the channel (call from the loop that used the encoder)."""
+        await self._triton.close()
 
     async def encode(
         self, input_image: np.ndarray, timeout: float | None = None
@@ -242,7 +256,7 @@ class Sam2TritonEncoder(TritonEncoder):
         image.set_data_from_numpy(resized[None])
         limit = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
         try:
-            result = await self._get_client().infer(
+            result = await self._triton._get_client().infer(
                 self.model_name,
                 [image],
                 outputs=[InferRequestedOutput(name) for name in SAM2_OUTPUTS],
@@ -250,7 +264,7 @@ class Sam2TritonEncoder(TritonEncoder):
                 timeout=max(1, int(limit * 1_000_000)),  # Triton's queue timeout, microseconds
             )
         except InferenceServerException as e:
-            raise self._error(e, limit) from e
+            raise self._triton._error(e, limit) from e
         out: list[np.ndarray] = []
         for name, shape in SAM2_OUTPUTS.items():
             features = result.as_numpy(name)
