@@ -181,3 +181,43 @@ def test_segment_parity_through_services(
             multimask_output=True,
         )
         _assert_same(got, masks, scores, f"{kwargs} (SAM2ImagePredictor)")
+
+
+@pytest.mark.slow
+def test_up_serves_a_sam2_model_on_its_private_triton(tmp_path: Path) -> None:
+    """`samserve up --model sam2_tiny --encoder triton`: no refusal, the private Triton serves
+    sam_image_encoder_sam2_tiny, and Embed + Segment work through it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from samserve_client import SamClient
+
+    sample = make_shapes_image(seed=5, height=96, width=128)
+    args = [sys.executable, "-m", "samserve", "up", "--model", VARIANT, "--checkpoint", "random",
+            "--encoder", "triton"]  # fmt: skip
+    log = tmp_path / "up.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, log.read_text()[-3000:]
+        ready = json.loads(line)
+        assert "triton" in ready
+        with SamClient(ready["embedding"], ready["decoder"], timeout=120) as client:
+            assert client.model_info().family == "sam2"
+            ref = client.embed(png_bytes(sample.image))
+            assert not ref.cached
+            ys, xs = np.nonzero(sample.masks[0])
+            point = np.array([[float(np.median(xs)), float(np.median(ys))]])
+            result = client.segment(ref, points=point, labels=[1])
+            assert result.masks.shape[1:] == (96, 128)
+        assert "sam_image_encoder_sam2_tiny" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        if proc.stdout is not None:
+            proc.stdout.close()
