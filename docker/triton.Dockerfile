@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Triton Inference Server with the SAM image encoder (python backend): the official Triton
-# image plus torch, segment_anything, samserve (model.py builds the encoder with samserve's
+# image plus torch, segment_anything, sam2, samserve (model.py builds the encoder with samserve's
 # loader) and triton_models/ at /opt/samserve/triton_models. The Deployment's init container
 # copies the one configured variant into the model repository Triton serves (model control
 # mode none loads everything it finds). Build from the repository root:
@@ -56,7 +56,12 @@ base = os.environ["CUDA_VERSION"].split(".")[:2]; \
 built = torch.version.cuda; \
 assert built is None or built.split(".")[:2] == base, f"torch CUDA {built}, image CUDA {base}"'
 COPY --from=wheels /wheels /tmp/wheels
-RUN pip install /tmp/wheels/*.whl && rm -rf /tmp/wheels
+# With samserve's "sam2" extra (pyproject.toml: the same pins): the SAM 2.1 models
+# (triton_models/sam_image_encoder_sam2*) build their encoder with the official sam2 package;
+# its CUDA extension is only for video, so it is not built.
+RUN SAM2_BUILD_CUDA=0 pip install /tmp/wheels/*.whl \
+        "sam2==1.1.0" "hydra-core>=1.3.2" "iopath>=0.1.10" \
+    && rm -rf /tmp/wheels
 COPY triton_models /opt/samserve/triton_models
 # The image's unprivileged "triton-server" user (uid 1000).
 USER 1000:1000

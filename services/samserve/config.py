@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from samserve.core.errors import ConfigError
-from samserve.core.variants import VARIANTS
+from samserve.core.variants import VARIANTS, triton_model_name
 
 ENV_PREFIX = "SAMSERVE_"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -557,7 +557,7 @@ class EncoderSettings(Settings):
 
     def model_name(self, variant: str) -> str:
         """The Triton model serving ``variant``."""
-        return self.triton_model or f"sam_image_encoder_{variant}"
+        return self.triton_model or triton_model_name(variant)
 
 
 @dataclass(frozen=True, slots=True)

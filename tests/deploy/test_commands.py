@@ -124,6 +124,25 @@ def test_triton_init_without_a_checkpoint_keeps_the_shipped_config(tmp_path):
     assert _checkpoint_param(served) == ""
 
 
+@pytest.mark.parametrize(
+    ("variant", "name"),
+    [
+        ("sam2.1_hiera_l", "sam_image_encoder_sam2_1_hiera_l"),
+        ("sam2.1_hiera_b+", "sam_image_encoder_sam2_1_hiera_b_plus"),
+    ],
+)
+def test_triton_init_copies_a_sam2_model(tmp_path, variant, name):
+    """A SAM 2.1 variant's model folder has "." and "+" spelled out; the init script finds it."""
+    from samserve.core.variants import triton_model_name
+
+    assert triton_model_name(variant) == name
+    proc = _run_init(tmp_path, SAMSERVE_MODEL=variant)
+    assert proc.returncode == 0, proc.stderr
+    served = (tmp_path / "models" / name / "config.pbtxt").read_text()
+    assert f'string_value: "{variant}"' in served
+    assert (tmp_path / "models" / name / "1" / "model.py").is_file()
+
+
 # --- Redis and its exporter ------------------------------------------------------------------
 
 

@@ -188,3 +188,15 @@ def test_triton_torch_matches_the_base_images_cuda():
 def test_triton_image_is_the_slim_flavour():
     """Only the PyTorch and Python backends: the all-backends image is gigabytes more."""
     assert _args(DOCKER / "triton.Dockerfile")["TRITON_IMAGE"].endswith("-pyt-python-py3")
+
+
+def test_triton_image_installs_the_sam2_extra():
+    """The Triton image serves SAM 2.1 models too: it installs samserve's sam2 extra, pinned
+    as pyproject.toml pins it (hadolint wants pins on the pip line, not an extra of a wheel)."""
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    text = (DOCKER / "triton.Dockerfile").read_text()
+    assert "SAM2_BUILD_CUDA=0 pip install /tmp/wheels/*.whl" in text
+    for requirement in extra["sam2"]:
+        assert f'"{requirement}"' in text, requirement

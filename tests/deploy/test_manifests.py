@@ -21,6 +21,7 @@ from tests.deploy.manifests import (
     DEPLOY,
     K8S_VERSIONS,
     NAMESPACE,
+    ROOT,
     VARIANTS,
     WORKLOAD_KINDS,
     by_kind,
@@ -237,6 +238,40 @@ def test_overlays_choose_model_and_hardware():
             limits = c.spec["resources"].get("limits", {})
             expect = gpu and c.spec["name"] == "triton"
             assert ("nvidia.com/gpu" in limits) == expect, c.where
+
+
+def test_one_component_moves_prod_to_sam2():
+    """components/model/sam2.1-hiera-l changes the model's ConfigMap and nothing else, and the
+    Triton model its init container will copy exists for that variant, on GPU in bfloat16."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from samserve.core.variants import family_of, triton_model_name
+
+    prod, sam2 = render("prod"), render("prod+model/sam2.1-hiera-l")
+    model = config(sam2, "samserve-model")
+    assert model["SAMSERVE_MODEL"] == "sam2.1_hiera_l" and family_of("sam2.1_hiera_l") == "sam2"
+    assert model["SAMSERVE_CHECKPOINT"] == "/checkpoints/sam2.1_hiera_large.pt"
+    assert model["SAMSERVE_EXPECT_MODEL_ID"].startswith("sam2.1_hiera_l-")
+
+    def without_model(docs):
+        old = f"samserve-model-{config_suffix(docs, 'samserve-model')}"
+        text = json.dumps([d for d in docs if d["metadata"]["name"] != old], sort_keys=True)
+        return text.replace(old, "samserve-model")
+
+    assert without_model(sam2) == without_model(prod)
+    name = triton_model_name(model["SAMSERVE_MODEL"])
+    path = ROOT / "triton_models" / name / "config.pbtxt"
+    cfg = text_format.Parse(path.read_text(), mc.ModelConfig())
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert cfg.name == name
+    assert (params["variant"], params["device"], params["dtype"]) == (
+        "sam2.1_hiera_l",
+        "cuda",
+        "bfloat16",
+    )
+    assert params["checkpoint"] == model["SAMSERVE_CHECKPOINT"]
+    assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
 
 
 @pytest.mark.parametrize("overlay", VARIANTS)

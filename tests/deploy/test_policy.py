@@ -123,7 +123,10 @@ def test_triton_probes_and_model_control(docs):
     assert "--strict-readiness=true" in c["args"]
     init = pod["initContainers"][0]
     assert init["image"] == c["image"]
-    assert "sam_image_encoder_${SAMSERVE_MODEL}" in " ".join(init["args"])
+    # The variant's model (samserve.core.variants.triton_model_name), "." and "+" spelled out.
+    script = " ".join(init["args"])
+    name = "sam_image_encoder_$(printf '%s' \"$SAMSERVE_MODEL\" | sed 's/[.]/_/g; s/[+]/_plus/g')"
+    assert name in script
 
 
 def _restricted_violations(c: Any) -> list[str]:

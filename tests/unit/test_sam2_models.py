@@ -55,14 +55,10 @@ def test_a_checkpoint_of_another_model_does_not_fit(tmp_path) -> None:
 
 
 def test_sam2_is_refused_where_it_is_not_supported_yet() -> None:
-    from samserve.cli.export_onnx import add_cli_args, run
-    from samserve.cli.serve import check_triton_variant
-    from samserve.core.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="local encoder only"):
-        check_triton_variant("sam2.1_hiera_l")
-    check_triton_variant("vit_h")
     import argparse
+
+    from samserve.cli.export_onnx import add_cli_args, run
+    from samserve.core.errors import ConfigError
 
     parser = argparse.ArgumentParser()
     add_cli_args(parser, {})

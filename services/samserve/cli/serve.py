@@ -49,22 +49,13 @@ def resolved_checkpoint(model: LoadedModel) -> str:
     return str(SHIPPED_TINY) if model.source == "shipped" else model.source
 
 
-def check_triton_variant(variant: str) -> None:
-    """Raise ConfigError for a variant that has no Triton model (SAM 2's do not, yet)."""
-    if family_of(variant) == "sam2":
-        raise ConfigError(
-            f"--encoder: {variant} runs with the local encoder only (no Triton model for SAM 2 "
-            "variants yet)"
-        )
-
-
 def triton_encoder(settings: EncoderSettings, variant: str, url: str) -> Encoder:
     """A Triton encoder client (tritonclient is an optional dependency: imported here)."""
-    from samserve.core.triton_encoder import TritonEncoder
+    from samserve.core.triton_encoder import Sam2TritonEncoder, TritonEncoder
 
-    check_triton_variant(variant)
-
-    return TritonEncoder(
+    # A SAM 2 model's Triton model takes the image resized in float and returns three tensors.
+    cls = Sam2TritonEncoder if family_of(variant) == "sam2" else TritonEncoder
+    return cls(
         url,
         settings.model_name(variant),
         settings.triton_timeout,

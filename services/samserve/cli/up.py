@@ -13,7 +13,7 @@ import urllib.parse
 from contextlib import AsyncExitStack
 from typing import Any
 
-from samserve.cli.serve import check_triton_variant, load, resolved_checkpoint, triton_encoder
+from samserve.cli.serve import load, resolved_checkpoint, triton_encoder
 from samserve.compose import start_decoder, start_embedding
 from samserve.config import (
     DecoderSettings,
@@ -150,8 +150,6 @@ async def up(ns: argparse.Namespace) -> None:
     ports = UpSettings.from_args(ns)
     StoreSettings.from_args(ns, redis_url=ns.redis_url or "redis://placeholder")  # validate now
     model = await asyncio.to_thread(load, model_settings)
-    if enc.kind == "triton":
-        check_triton_variant(model.variant)
     async with AsyncExitStack() as stack:
         redis_url = ns.redis_url or await _private_redis(stack)
         store = StoreSettings.from_args(ns, redis_url=redis_url)

@@ -7,6 +7,7 @@ does), and Triton's dynamic batcher groups concurrent requests into one encoder 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -15,6 +16,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from samserve.core import variants
 from samserve.core.errors import DeadlineExceeded, Unavailable
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 def triton_model_name(variant: str) -> str:
     """Name of the Triton model that serves ``variant`` (``sam_image_encoder_vit_h``, ...)."""
-    return f"sam_image_encoder_{variant}"
+    return variants.triton_model_name(variant)
 
 
 def _channel_args() -> list[tuple[str, Any]]:
@@ -190,3 +192,85 @@ class TritonEncoder:
             return Unavailable(f"image encoder model {self.model_name} is not loaded on Triton")
         # Anything else is a fault on our side of the contract: INTERNAL, details in the log.
         return RuntimeError(f"Triton {self.model_name}: {status} {message}")
+
+
+#: SAM 2's three outputs and their shapes (``SAM2ImagePredictor._features``: the image embed,
+#: then the high-resolution maps, finest first).
+SAM2_OUTPUTS = {
+    "IMAGE_EMBED": (256, 64, 64),
+    "HIGH_RES_0": (32, 256, 256),
+    "HIGH_RES_1": (64, 128, 128),
+}
+
+
+class Sam2TritonEncoder:
+    """Encodes images for a SAM 2 / 2.1 model on Triton (``triton_models/
+    sam_image_encoder_sam2*``); implements :class:`samserve.core.encoder.Encoder`.
+
+    The image is resized here exactly as ``SAM2Transforms`` resizes it (float, to a 1024
+    square, aspect ratio not kept) and sent as FP32 [3, 1024, 1024] before normalisation; the
+    model normalises and returns the three tensors the decoder needs. Arguments as for
+    :class:`TritonEncoder`, whose channel, health check and error mapping it uses.
+    """
+
+    def __init__(self, address: str, model_name: str, timeout: float = 60.0, **kwargs: Any) -> None:
+        self._triton = TritonEncoder(address, model_name, timeout, **kwargs)
+        self.address = address
+        self.model_name = model_name
+        self.timeout = timeout
+
+    async def ready(self) -> bool:
+        """True when Triton is live and the model is ready."""
+        return await self._triton.ready()
+
+    async def close(self) -> None:
+        """Close the channel (call from the loop that used the encoder)."""
+        await self._triton.close()
+
+    async def encode(
+        self, input_image: np.ndarray, timeout: float | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """Embed one image.
+
+        Args:
+            input_image: the decoded (H, W, 3) uint8 RGB image, any size.
+            timeout: what remains of the caller's deadline, seconds (see
+                :meth:`TritonEncoder.encode`).
+
+        Returns:
+            The (256, 64, 64) image embedding and the (32, 256, 256) and (64, 128, 128)
+            high-resolution maps, float32, as ``SAM2ImagePredictor.set_image`` computes them.
+
+        Raises:
+            Unavailable, DeadlineExceeded: as :meth:`TritonEncoder.encode`.
+            ValueError: ``input_image`` is not a uint8 RGB image.
+        """
+        from samserve.core.sam2.encoder import resize_unnormalized
+
+        if input_image.dtype != np.uint8 or input_image.ndim != 3 or input_image.shape[2] != 3:
+            raise ValueError(
+                f"input_image must be (h, w, 3) uint8, got {input_image.shape} {input_image.dtype}"
+            )
+        resized = await asyncio.to_thread(resize_unnormalized, input_image, IMG_SIZE)
+        image = InferInput("IMAGE", [1, *resized.shape], "FP32")
+        image.set_data_from_numpy(resized[None])
+        limit = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
+        try:
+            result = await self._triton._get_client().infer(
+                self.model_name,
+                [image],
+                outputs=[InferRequestedOutput(name) for name in SAM2_OUTPUTS],
+                client_timeout=limit,
+                timeout=max(1, int(limit * 1_000_000)),  # Triton's queue timeout, microseconds
+            )
+        except InferenceServerException as e:
+            raise self._triton._error(e, limit) from e
+        out: list[np.ndarray] = []
+        for name, shape in SAM2_OUTPUTS.items():
+            features = result.as_numpy(name)
+            if features is None or features.shape != (1, *shape):
+                got = None if features is None else features.shape
+                raise RuntimeError(f"Triton model {self.model_name} returned {name} {got}")
+            # as_numpy views the response buffer (read-only, maybe float16): our own copy.
+            out.append(np.array(features[0], dtype=np.float32))
+        return tuple(out)

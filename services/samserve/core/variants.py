@@ -32,6 +32,13 @@ def family_of(variant: str) -> str:
     return "sam2" if variant in SAM2_CONFIGS else "sam1"
 
 
+def triton_model_name(variant: str) -> str:
+    """Name of the Triton model that serves ``variant`` (``sam_image_encoder_vit_h``,
+    ``sam_image_encoder_sam2_1_hiera_t``, ...): ``.`` and ``+`` of SAM 2 names are spelled out,
+    so the name is a plain folder and URL path segment."""
+    return "sam_image_encoder_" + variant.replace(".", "_").replace("+", "_plus")
+
+
 def family_of_model_id(model_id: str) -> str:
     """The family of a model id (``<variant>-<16 hex digits>``) or of a bare variant."""
     variant = model_id.rsplit("-", 1)[0] if "-" in model_id else model_id

@@ -41,6 +41,19 @@ def transforms(model: Any) -> Any:
         return SAM2Transforms(resolution=model.image_size, mask_threshold=0.0)
 
 
+def resize_unnormalized(image: np.ndarray, resolution: int = 1024) -> np.ndarray:
+    """``SAM2Transforms`` without its final ``Normalize``: ``ToTensor`` (0..1, CHW) then
+    ``Resize((resolution, resolution))``, the same torchvision ops in the same order, so the
+    result normalised is exactly what ``SAM2Transforms`` gives. (3, resolution, resolution)
+    float32: what a remote encoder (Triton) takes; it normalises."""
+    from torchvision.transforms import Resize, ToTensor
+
+    with torch.inference_mode():
+        x = Resize((resolution, resolution))(ToTensor()(encoder_input(image)))
+    out: np.ndarray = x.numpy()
+    return out
+
+
 def encode_sam2(
     model: Any, image: np.ndarray, sam2_transforms: Any = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,4 @@
+"""Triton entry point of sam_image_encoder_sam2_1_hiera_b_plus:
+the model is samserve.triton_model_sam2."""
+
+from samserve.triton_model_sam2 import TritonPythonModel  # noqa: F401
