@@ -30,7 +30,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: ``samserve status``: the namespace and label of deploy/base (kustomization.yaml).
 DEFAULT_NAMESPACE = "samserve"
 DEFAULT_SELECTOR = "app.kubernetes.io/part-of=samserve"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -278,7 +278,9 @@ class StoreSettings(Settings):
 
     title: ClassVar[str] = "embedding store"
     redis_url: str = setting(
-        DEFAULT_REDIS_URL, "Redis holding the embeddings: redis://, rediss:// or unix://"
+        DEFAULT_REDIS_URL,
+        "Redis holding the embeddings: redis://, rediss://, unix://, or redis+cluster://host:port "
+        "(rediss+cluster:// with TLS) naming one seed node of a Redis Cluster",
     )
     ttl_seconds: int = setting(
         86400, "expiry of each stored embedding, seconds (0 = never)", flag="--cache-ttl"
@@ -414,11 +416,18 @@ class EmbedderSettings(Settings):
     max_queued_encodes: int = setting(
         8, "images allowed to wait for the encoder; past it, RESOURCE_EXHAUSTED at once"
     )
+    encode_lease: float = setting(
+        10.0,
+        "seconds of the Redis lease that makes one replica encode an image while the others "
+        "wait for its entry (renewed while encoding; a dead holder's lease is taken over after "
+        "it); 0 turns it off",
+        metavar="SECONDS",
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_decode_bytes", "decode_slots"):
             _check(getattr(self, name) > 0, EmbedderSettings, name, "must be > 0")
-        for name in ("encoder_slots", "max_queued_encodes"):
+        for name in ("encoder_slots", "max_queued_encodes", "encode_lease"):
             _check(getattr(self, name) >= 0, EmbedderSettings, name, "must be >= 0")
 
 

@@ -18,16 +18,17 @@ from samserve.config import (
 )
 from samserve.core.encoder import Encoder
 from samserve.core.errors import ConfigError, InvalidInput
-from samserve.core.models import SHIPPED_TINY, LoadedModel, load_model
+from samserve.core.models import ALL, DECODER, SHIPPED_TINY, LoadedModel, load_model
 from samserve.rpc.server import drain, wait_for_signal
 
 log = logging.getLogger(__name__)
 
 
-def load(settings: ModelSettings) -> LoadedModel:
-    """Load the configured model; a checkpoint that cannot be used is a ConfigError."""
+def load(settings: ModelSettings, parts: str = ALL) -> LoadedModel:
+    """Load the configured model (``parts="decoder"``: without its image encoder); a checkpoint
+    that cannot be used is a ConfigError."""
     try:
-        model = load_model(settings.variant, settings.checkpoint, settings.seed)
+        model = load_model(settings.variant, settings.checkpoint, settings.seed, parts)
     except InvalidInput as e:
         raise ConfigError(f"{ModelSettings.flag('checkpoint')}: {e}") from None
     if settings.expect_model_id and model.model_id != settings.expect_model_id:
@@ -71,7 +72,10 @@ async def serve(ns: argparse.Namespace) -> None:
     enc = EncoderSettings.from_args(ns)
     if enc.kind == "triton" and not enc.triton_url:
         raise ConfigError("--triton-url: required with --encoder triton")
-    model = await asyncio.to_thread(load, model_settings)
+    # A decoder, and an embedding service whose encoder is Triton, never run the image encoder:
+    # they load the prompt encoder and mask decoder only (the model id is still the whole one).
+    local = ns.command == "embedding" and enc.kind != "triton"
+    model = await asyncio.to_thread(load, model_settings, ALL if local else DECODER)
     if ns.command == "embedding":
         encoder = (
             triton_encoder(enc, model.variant, enc.triton_url)

@@ -15,6 +15,7 @@ from samserve.core.coalesce import SingleFlight
 from samserve.core.encoder import Encoder, make_embedding, resize_for_encoder
 from samserve.core.errors import DeadlineExceeded, InvalidInput, NotFound, ResourceExhausted
 from samserve.core.images import content_hash, decode_cost, decode_image, image_size
+from samserve.core.lease import EncodeLease
 from samserve.core.metrics import Metrics
 from samserve.core.models import check_requested_model
 from samserve.core.store import Embedding, EmbeddingStore
@@ -77,6 +78,7 @@ class Embedder:
         store: where embeddings are kept.
         metrics: metrics sink.
         limits: sizes and concurrency.
+        lease: the cross-replica encode lease (None: only in-process single-flight).
     """
 
     def __init__(
@@ -88,8 +90,10 @@ class Embedder:
         store: EmbeddingStore,
         metrics: Metrics,
         limits: EmbedLimits,
+        lease: EncodeLease | None = None,
     ) -> None:
         self.variant = variant
+        self.lease = lease
         self.model_id = model_id
         self.encoder = encoder
         self.store = store
@@ -219,6 +223,20 @@ class Embedder:
     ) -> bool:
         if await self.store.get(self.model_id, cid) is not None:
             return False
+        work = functools.partial(self._encode_crop, image, box, cid, deadline)
+        if self.lease is None:
+            return await work()
+
+        async def lookup() -> bool | None:
+            return False if await self.store.get(self.model_id, cid) is not None else None
+
+        ran, outcome = await self.lease.run(cid, work, lookup, deadline)
+        self.metrics.lease.labels("held" if outcome.held else "waited").inc()
+        return ran
+
+    async def _encode_crop(
+        self, image: np.ndarray, box: list[int], cid: str, deadline: float | None
+    ) -> bool:
         x0, y0, x1, y1 = box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1, :])
         input_image = await asyncio.to_thread(resize_for_encoder, crop)
@@ -232,6 +250,21 @@ class Embedder:
         self.metrics.cache.labels("redis", "hit" if stored else "miss").inc()
         if stored is not None:
             return EmbedResult(image_id, True, stored.original_size, 0.0)
+        work = functools.partial(self._encode_and_store, image_id, data, deadline)
+        if self.lease is None:
+            return await work()
+
+        async def lookup() -> EmbedResult | None:
+            found = await self.store.get(self.model_id, image_id)
+            return None if found is None else EmbedResult(image_id, True, found.original_size, 0.0)
+
+        result, outcome = await self.lease.run(image_id, work, lookup, deadline)
+        self.metrics.lease.labels("held" if outcome.held else "waited").inc()
+        return result
+
+    async def _encode_and_store(
+        self, image_id: str, data: bytes, deadline: float | None
+    ) -> EmbedResult:
         image = await self._decode(data)
         input_image = await asyncio.to_thread(resize_for_encoder, image)
         start = time.perf_counter()
