@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from samserve.core.errors import ConfigError
-from samserve.core.variants import VARIANTS
+from samserve.core.variants import ENCODER_DTYPES, VARIANTS
 
 ENV_PREFIX = "SAMSERVE_"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -260,9 +260,22 @@ class ModelSettings(Settings):
         "every replica provably serves the same weights",
         metavar="ID",
     )
+    encoder_dtype: str = setting(
+        "float32",
+        "compute dtype of the image encoder that makes the embeddings (Triton's dtype "
+        "parameter): part of the model id, so bf16 and fp32 embeddings never share a key; the "
+        "decoders must name the same one. The in-process encoder computes in float32 only",
+        choices=ENCODER_DTYPES,
+    )
 
     def __post_init__(self) -> None:
         _check(self.variant in VARIANTS, ModelSettings, "variant", f"one of {', '.join(VARIANTS)}")
+        _check(
+            self.encoder_dtype in ENCODER_DTYPES,
+            ModelSettings,
+            "encoder_dtype",
+            f"one of {', '.join(ENCODER_DTYPES)}",
+        )
         if self.checkpoint not in (None, "random"):
             _check(
                 os.path.isfile(str(self.checkpoint)),

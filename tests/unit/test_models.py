@@ -90,3 +90,17 @@ def test_decoder_only_refuses_a_checkpoint_that_does_not_fit(tmp_path) -> None:
     torch.save({**state, key: torch.zeros(3)}, path)
     with pytest.raises(InvalidInput, match="does not fit"):
         load_model("tiny", path, parts=DECODER)
+
+
+def test_the_model_id_names_the_encoders_compute_dtype() -> None:
+    import dataclasses
+
+    from samserve.core.models import encoder_model_id
+
+    model = load_model("tiny", "random")
+    assert model.model_id == encoder_model_id("tiny", model.weights_sha256)
+    bf16 = dataclasses.replace(model, encoder_dtype="bfloat16")
+    assert bf16.model_id == model.model_id + "-bf16"
+    assert dataclasses.replace(model, encoder_dtype="float16").model_id.endswith("-fp16")
+    with pytest.raises(ValueError):
+        encoder_model_id("tiny", model.weights_sha256, "int8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 
 from samserve.compose import start_decoder, start_embedding
@@ -31,6 +32,7 @@ def load(settings: ModelSettings, parts: str = ALL) -> LoadedModel:
         model = load_model(settings.variant, settings.checkpoint, settings.seed, parts)
     except InvalidInput as e:
         raise ConfigError(f"{ModelSettings.flag('checkpoint')}: {e}") from None
+    model = dataclasses.replace(model, encoder_dtype=settings.encoder_dtype)
     if settings.expect_model_id and model.model_id != settings.expect_model_id:
         raise ConfigError(
             f"{ModelSettings.flag('expect_model_id')}: the weights loaded from {model.source} are "
@@ -49,14 +51,16 @@ def resolved_checkpoint(model: LoadedModel) -> str:
     return str(SHIPPED_TINY) if model.source == "shipped" else model.source
 
 
-def triton_encoder(settings: EncoderSettings, variant: str, url: str) -> Encoder:
-    """A Triton encoder client (tritonclient is an optional dependency: imported here)."""
+def triton_encoder(settings: EncoderSettings, model: LoadedModel, url: str) -> Encoder:
+    """A Triton encoder client that accepts only embeddings of ``model``'s id (tritonclient is
+    an optional dependency: imported here)."""
     from samserve.core.triton_encoder import TritonEncoder
 
     return TritonEncoder(
         url,
-        settings.model_name(variant),
+        settings.model_name(model.variant),
         settings.triton_timeout,
+        expect_model_id=model.model_id,
         tls_ca=settings.triton_tls_ca,
         tls_cert=settings.triton_tls_cert,
         tls_key=settings.triton_tls_key,
@@ -72,13 +76,21 @@ async def serve(ns: argparse.Namespace) -> None:
     enc = EncoderSettings.from_args(ns)
     if enc.kind == "triton" and not enc.triton_url:
         raise ConfigError("--triton-url: required with --encoder triton")
+    if (
+        enc.kind != "triton"
+        and model_settings.encoder_dtype != "float32"
+        and (ns.command == "embedding")
+    ):
+        raise ConfigError(
+            f"{ModelSettings.flag('encoder_dtype')}: the in-process encoder computes in float32"
+        )
     # A decoder, and an embedding service whose encoder is Triton, never run the image encoder:
     # they load the prompt encoder and mask decoder only (the model id is still the whole one).
     local = ns.command == "embedding" and enc.kind != "triton"
     model = await asyncio.to_thread(load, model_settings, ALL if local else DECODER)
     if ns.command == "embedding":
         encoder = (
-            triton_encoder(enc, model.variant, enc.triton_url)
+            triton_encoder(enc, model, enc.triton_url)
             if enc.kind == "triton" and enc.triton_url
             else None
         )

@@ -101,6 +101,7 @@ async def _triton(
             resolved_checkpoint(model),
             seed=seed,
             device=private.triton_device,
+            dtype=model.encoder_dtype,  # what the model id says (--encoder-dtype)
             repository=Path(private.triton_repository) if private.triton_repository else None,
         )
         try:
@@ -115,7 +116,7 @@ async def _triton(
             ) from None
         stack.push_async_callback(asyncio.to_thread, triton.stop)
         url, metrics = triton.grpc_address, triton.metrics_url
-    return triton_encoder(enc, model.variant, url), {"grpc": url, "metrics": metrics}
+    return triton_encoder(enc, model, url), {"grpc": url, "metrics": metrics}
 
 
 def _ready_line(

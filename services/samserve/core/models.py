@@ -28,7 +28,7 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from samserve.core.errors import InvalidInput
-from samserve.core.variants import VARIANTS
+from samserve.core.variants import ENCODER_DTYPES, VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,9 @@ class LoadedModel:
             bytes), image encoder included, whatever ``parts`` holds.
         source: where the weights came from (a path, ``"shipped"`` or ``"random(seed=N)"``).
         parts: ``"all"``, or ``"decoder"`` (prompt encoder and mask decoder only).
+        encoder_dtype: the image encoder's compute dtype (``float32``, ``bfloat16``,
+            ``float16``): part of the model id, so embeddings computed in bf16 and in fp32
+            never share a key.
     """
 
     sam: Sam
@@ -114,6 +117,7 @@ class LoadedModel:
     weights_sha256: str
     source: str
     parts: str = ALL
+    encoder_dtype: str = "float32"
 
     @property
     def public_source(self) -> str:
@@ -124,8 +128,21 @@ class LoadedModel:
 
     @property
     def model_id(self) -> str:
-        """Identity used in cache keys: variant plus a prefix of the weights checksum."""
-        return f"{self.variant}-{self.weights_sha256[:16]}"
+        """Identity used in cache keys: variant, a prefix of the weights checksum, and the
+        encoder's compute dtype unless float32 (``vit_h-0123456789abcdef-bf16``)."""
+        return encoder_model_id(self.variant, self.weights_sha256, self.encoder_dtype)
+
+
+#: The suffix each encoder compute dtype adds to a model id.
+_DTYPE_SUFFIX = {"float32": "", "bfloat16": "-bf16", "float16": "-fp16"}
+
+
+def encoder_model_id(variant: str, weights_sha256: str, encoder_dtype: str = "float32") -> str:
+    """The model id of ``variant`` with these weights, its encoder computing in
+    ``encoder_dtype``."""
+    if encoder_dtype not in ENCODER_DTYPES:
+        raise ValueError(f"encoder dtype must be one of {', '.join(ENCODER_DTYPES)}")
+    return f"{variant}-{weights_sha256[:16]}{_DTYPE_SUFFIX[encoder_dtype]}"
 
 
 def build_sam(variant: str) -> Sam:

@@ -8,6 +8,7 @@ does), and Triton's dynamic batcher groups concurrent requests into one encoder 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,12 @@ log = logging.getLogger(__name__)
 IMG_SIZE = 1024
 #: Shape of one embedding: ``SamPredictor.features[0]``.
 EMBEDDING_SHAPE = (256, 64, 64)
+#: How often a Triton found serving other weights is asked again (seconds), besides each time
+#: it comes back from not ready.
+RECHECK_INTERVAL_S = 10.0
+#: The probe image of the identity check (any image does: only MODEL_ID is read).
+_PROBE = np.zeros((16, 16, 3), np.uint8)
+
 #: The largest message either way: one 3 MiB image out, one 4 MiB embedding back, with room.
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -63,6 +70,12 @@ class TritonEncoder:
         ready_timeout: seconds for each health call in :meth:`ready`.
         tls_ca: speak TLS to Triton, trusting this CA (PEM path).
         tls_cert, tls_key: the client certificate and key for Triton's mutual TLS.
+        expect_model_id: the only model id (weights checksum and compute dtype) whose
+            embeddings this client returns: every response's ``MODEL_ID`` is checked, and
+            :meth:`ready` asks once at start and again whenever Triton comes back. On a
+            mismatch it logs one line naming both ids, is not ready (NOT_SERVING) and every
+            encode fails UNAVAILABLE, so nothing is ever stored under the wrong id. None: no
+            check (tests of the transport only).
     """
 
     def __init__(
@@ -75,6 +88,7 @@ class TritonEncoder:
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        expect_model_id: str | None = None,
     ) -> None:
         if timeout <= 0 or ready_timeout <= 0:
             raise ValueError("timeouts must be > 0")
@@ -89,6 +103,10 @@ class TritonEncoder:
         self.timeout = timeout
         self.ready_timeout = ready_timeout
         self._client: triton_aio.InferenceServerClient | None = None
+        self.expect_model_id = expect_model_id
+        #: The id Triton last answered with (None: not asked since it was last unready).
+        self.served_model_id: str | None = None
+        self._checked_at = 0.0
 
     def _get_client(self) -> triton_aio.InferenceServerClient:
         if self._client is None:
@@ -135,16 +153,21 @@ class TritonEncoder:
         size = InferInput("IMAGE_SIZE", [1, 2], "INT32")
         size.set_data_from_numpy(np.array([[h, w]], np.int32))
         limit = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
+        outputs = [InferRequestedOutput("EMBEDDING")]
+        if self.expect_model_id is not None:
+            outputs.append(InferRequestedOutput("MODEL_ID"))
         try:
             result = await self._get_client().infer(
                 self.model_name,
                 [image, size],
-                outputs=[InferRequestedOutput("EMBEDDING")],
+                outputs=outputs,
                 client_timeout=limit,
                 timeout=max(1, int(limit * 1_000_000)),  # Triton's queue timeout, microseconds
             )
         except InferenceServerException as e:
             raise self._error(e, limit) from e
+        if self.expect_model_id is not None:
+            self._check_identity(result.as_numpy("MODEL_ID"))
         features = result.as_numpy("EMBEDDING")
         if features is None or features.shape != (1, *EMBEDDING_SHAPE):
             got = None if features is None else features.shape
@@ -153,17 +176,56 @@ class TritonEncoder:
         out: np.ndarray = np.array(features[0], dtype=np.float32)
         return out
 
+    def _check_identity(self, ids: np.ndarray | None) -> None:
+        """Raise Unavailable unless Triton's MODEL_ID is ours (logged once per change)."""
+        got = "none (its config has no MODEL_ID output)"
+        if ids is not None and ids.size:
+            raw = ids.reshape(-1)[0]
+            got = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        if got != self.served_model_id:
+            if got != self.expect_model_id:
+                log.error(
+                    "triton %s %s serves model %s, this service is %s: refusing to serve "
+                    "(NOT_SERVING) and storing nothing until they match",
+                    self.address, self.model_name, got, self.expect_model_id,
+                )  # fmt: skip
+            elif self.served_model_id is not None:
+                log.info("triton %s %s serves model %s again", self.address, self.model_name, got)
+        self.served_model_id = got
+        if got != self.expect_model_id:
+            raise Unavailable(
+                f"image encoder on Triton serves other weights ({got}, not {self.expect_model_id})"
+            )
+
     async def ready(self) -> bool:
-        """True when Triton is live and the model is ready (strict: any error is not ready)."""
+        """True when Triton is live, the model is ready and (with ``expect_model_id``) it
+        serves our model id: asked once when Triton becomes ready, again every
+        :data:`RECHECK_INTERVAL_S` while it serves other weights (strict: any error is not
+        ready)."""
         try:
             client = self._get_client()
             live = await client.is_server_live(client_timeout=self.ready_timeout)
-            return bool(live) and bool(
+            up = bool(live) and bool(
                 await client.is_model_ready(self.model_name, client_timeout=self.ready_timeout)
             )
         except InferenceServerException as e:
             log.debug("triton not ready: %s", e)
+            up = False
+        if not up:
+            self.served_model_id = None  # ask again when it comes back (it may be another)
             return False
+        if self.expect_model_id is None or self.served_model_id == self.expect_model_id:
+            return True
+        now = time.monotonic()
+        if self.served_model_id is not None and now - self._checked_at < RECHECK_INTERVAL_S:
+            return False
+        self._checked_at = now
+        try:
+            await self.encode(_PROBE, self.ready_timeout * 5)
+        except Exception as e:  # a mismatch (logged), or Triton failing: not ready either way
+            log.debug("triton identity probe failed: %s", e)
+            return False
+        return True
 
     async def close(self) -> None:
         """Close the channel (call from the loop that used the encoder)."""
