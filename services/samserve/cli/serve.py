@@ -32,12 +32,13 @@ def load(settings: ModelSettings, parts: str = ALL) -> LoadedModel:
         model = load_model(settings.variant, settings.checkpoint, settings.seed, parts)
     except InvalidInput as e:
         raise ConfigError(f"{ModelSettings.flag('checkpoint')}: {e}") from None
-    model = dataclasses.replace(model, encoder_dtype=settings.encoder_dtype)
+    # The expected id is the weights' (``samserve checkpoint id``), before the encoder dtype.
     if settings.expect_model_id and model.model_id != settings.expect_model_id:
         raise ConfigError(
             f"{ModelSettings.flag('expect_model_id')}: the weights loaded from {model.source} are "
             f"{model.model_id}, not {settings.expect_model_id}"
         )
+    model = dataclasses.replace(model, encoder_dtype=settings.encoder_dtype)
     log.info("model %s (%s) from %s", model.variant, model.model_id, model.source)
     if model.variant == "tiny" and model.source == "shipped":
         log.info("tiny's shipped weights know only toy shapes on dark backgrounds")
