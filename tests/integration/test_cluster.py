@@ -234,3 +234,43 @@ def test_a_lease_holder_killed_mid_encode_is_taken_over_by_another_replica(
         client.close()
         holder.close()
         other.close()
+
+
+def test_a_decoder_killed_during_sdk_traffic_costs_no_call(
+    cluster_url: str, cold_images: list[bytes]
+) -> None:
+    """Two decoder replicas behind one ``ipv4:a,b`` target; one is SIGKILLed mid-traffic.
+    The SDK balances round-robin and retries UNAVAILABLE: no call fails."""
+    args = ("--model", "tiny", "--checkpoint", "random", "--redis-url", cluster_url)
+    embedding = Replica("embedding", *args)
+    # A generous queue: overload shedding (RESOURCE_EXHAUSTED) on 2 busy cores is not failover.
+    lenient = ("--max-queue-seconds", "30")
+    decoders = [Replica("decoder", *args, *lenient), Replica("decoder", *args, *lenient)]
+    target = "ipv4:" + ",".join(d.address for d in decoders)
+    try:
+        with SamClient(embedding.address, target, timeout=30) as client:
+            ref = client.embed(cold_images[0])
+            done, failures, lock = [0], [], threading.Lock()
+
+            def call(i: int) -> None:
+                try:
+                    client.segment(ref, points=[[50 + i % 100, 60]], labels=[1])
+                except Exception as e:
+                    with lock:
+                        failures.append(repr(e))
+                with lock:
+                    done[0] += 1
+                    if done[0] == 40:  # mid-traffic: 3 other calls are in flight
+                        decoders[0].kill()
+
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(call, range(120)))
+            calls = done[0]
+        served = decoders[1].metric("samserve_requests_total")
+        print(f"decoder failover: {len(failures)} failed calls out of {calls}")
+        assert failures == [], failures
+        assert served >= 80  # after the kill, the survivor took every call
+    finally:
+        embedding.close()
+        for d in decoders:
+            d.close()
