@@ -541,10 +541,28 @@ class EncoderSettings(Settings):
         None, "client certificate for Triton's mutual TLS (with --triton-tls-key)", metavar="PATH"
     )
     triton_tls_key: str | None = setting(None, "private key of --triton-tls-cert", metavar="PATH")
+    triton_keepalive: float = setting(
+        15.0,
+        "seconds between keepalive pings to Triton (a dead endpoint's calls fail after this plus "
+        "5 s instead of at their deadline); Triton must permit them: "
+        "--grpc-keepalive-permit-without-calls=true "
+        "--grpc-http2-min-recv-ping-interval-without-data=<at most this, ms> "
+        "--grpc-http2-max-pings-without-data=0; 0 = no pings",
+        metavar="SECONDS",
+    )
+    triton_channel_age: float = setting(
+        60.0,
+        "seconds after which the Triton channel is replaced by a fresh one (new calls re-resolve "
+        "dns:/// and spread over the endpoints now there; calls in flight finish on the old); "
+        "0 = never",
+        metavar="SECONDS",
+    )
 
     def __post_init__(self) -> None:
         _check(self.kind in ("local", "triton"), EncoderSettings, "kind", "local or triton")
         _check(self.triton_timeout > 0, EncoderSettings, "triton_timeout", "must be > 0")
+        for name in ("triton_keepalive", "triton_channel_age"):
+            _check(getattr(self, name) >= 0, EncoderSettings, name, "must be >= 0")
         _check(
             (self.triton_tls_cert is None) == (self.triton_tls_key is None),
             EncoderSettings,

@@ -325,3 +325,41 @@ def test_triton_with_other_weights_is_refused(
     finally:
         stack.close()
         other.stop()
+
+
+async def test_triton_channel_is_recycled_and_a_hung_triton_fails_fast(
+    tiny_random: LoadedModel,
+) -> None:
+    """The client replaces its channel every channel_age (a fresh channel resolves the target
+    again: new pods get calls), with no call lost; a hung Triton (SIGSTOP: the connection
+    stays open, nothing answers) fails its call after keepalive + 5 s, not at the deadline."""
+    import os
+    import signal
+
+    triton = start_triton("random")
+    encoder = TritonEncoder(
+        triton.grpc_address,
+        triton.model_name,
+        timeout=60,
+        expect_model_id=tiny_random.model_id,
+        keepalive=6,
+        channel_age=0.5,
+    )
+    image = resize_for_encoder(make_shapes_image(seed=9).image)
+    try:
+        assert await encoder.ready()
+        for _ in range(3):
+            await asyncio.sleep(0.6)
+            assert (await encoder.encode(image)).shape == (256, 64, 64)
+        assert encoder.channels >= 3
+        encoder.channel_age = 0  # keep this channel: the next call rides on it
+        os.kill(triton.process.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises((Unavailable, DeadlineExceeded)):
+            await encoder.encode(image)
+        took = time.monotonic() - start
+        assert took < 6 + 5 + 5, f"a hung Triton's call took {took:.1f}s"
+    finally:
+        os.kill(triton.process.pid, signal.SIGCONT)
+        await encoder.close()
+        triton.stop()

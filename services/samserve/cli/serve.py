@@ -62,6 +62,8 @@ def triton_encoder(settings: EncoderSettings, model: LoadedModel, url: str) -> E
         settings.model_name(model.variant),
         settings.triton_timeout,
         expect_model_id=model.model_id,
+        keepalive=settings.triton_keepalive,
+        channel_age=settings.triton_channel_age,
         tls_ca=settings.triton_tls_ca,
         tls_cert=settings.triton_tls_cert,
         tls_key=settings.triton_tls_key,

@@ -7,6 +7,7 @@ does), and Triton's dynamic batcher groups concurrent requests into one encoder 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -39,9 +40,30 @@ def triton_model_name(variant: str) -> str:
     return f"sam_image_encoder_{variant}"
 
 
-def _channel_args() -> list[tuple[str, Any]]:
+#: How long a dead endpoint may take to answer a keepalive ping (seconds).
+KEEPALIVE_TIMEOUT_S = 5.0
+
+
+def _channel_args(keepalive: float = 0.0) -> list[tuple[str, Any]]:
     # Passing channel_args replaces tritonclient's defaults, so the size limits are restated.
+    pings: list[tuple[str, Any]] = []
+    if keepalive > 0:
+        # A dead or hung endpoint (node lost, no RST) is found within keepalive + 5 s, its
+        # calls fail UNAVAILABLE (the Embed is retried by the SDK) and the channel reconnects
+        # elsewhere, instead of every call waiting for its deadline. Triton must permit pings
+        # this often (docs/deploy.md lists its flags; samserve up's private Triton sets them).
+        pings = [
+            ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+            ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            # gRPC core otherwise sends at most one ping per 5 minutes while no data flows
+            # (as during a long encode): the watchdog would never run.
+            ("grpc.http2.min_time_between_pings_ms", int(keepalive * 1000)),
+            ("grpc.http2.min_ping_interval_without_data_ms", int(keepalive * 1000)),
+        ]
     return [
+        *pings,
         ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
         # Triton is a sidecar or an in-cluster Service: after a restart, reconnect within a
@@ -51,8 +73,8 @@ def _channel_args() -> list[tuple[str, Any]]:
         ("grpc.max_reconnect_backoff_ms", 2000),
         # With a `dns:///triton-headless:8001` address, spread calls over every Triton pod.
         ("grpc.lb_policy_name", "round_robin"),
-        # No keepalive pings: Triton's server refuses pings more often than every 5 minutes
-        # (GOAWAY too_many_pings); dead peers are caught by each call's deadline instead.
+        # New endpoints (a scale-up) are found by replacing the channel every channel_age
+        # seconds (TritonEncoder): Triton's server sets no connection age of its own.
     ]
 
 
@@ -70,6 +92,10 @@ class TritonEncoder:
         ready_timeout: seconds for each health call in :meth:`ready`.
         tls_ca: speak TLS to Triton, trusting this CA (PEM path).
         tls_cert, tls_key: the client certificate and key for Triton's mutual TLS.
+        keepalive: seconds between keepalive pings (0: none); Triton must permit them.
+        channel_age: seconds after which new calls go to a fresh channel, which resolves the
+            address again (``dns:///`` finds the pods there now); the old one closes once its
+            calls had ``timeout`` to finish. 0: one channel for ever.
         expect_model_id: the only model id (weights checksum and compute dtype) whose
             embeddings this client returns: every response's ``MODEL_ID`` is checked, and
             :meth:`ready` asks once at start and again whenever Triton comes back. On a
@@ -89,6 +115,8 @@ class TritonEncoder:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         expect_model_id: str | None = None,
+        keepalive: float = 0.0,
+        channel_age: float = 0.0,
     ) -> None:
         if timeout <= 0 or ready_timeout <= 0:
             raise ValueError("timeouts must be > 0")
@@ -103,17 +131,42 @@ class TritonEncoder:
         self.timeout = timeout
         self.ready_timeout = ready_timeout
         self._client: triton_aio.InferenceServerClient | None = None
+        self.keepalive = keepalive
+        self.channel_age = channel_age
+        self._client_born = 0.0
+        #: Channels made so far (the first one included).
+        self.channels = 0
+        self._retiring: set[asyncio.Task[None]] = set()
         self.expect_model_id = expect_model_id
         #: The id Triton last answered with (None: not asked since it was last unready).
         self.served_model_id: str | None = None
         self._checked_at = 0.0
 
     def _get_client(self) -> triton_aio.InferenceServerClient:
+        now = time.monotonic()
+        if (
+            self._client is not None
+            and self.channel_age > 0
+            and now - self._client_born >= self.channel_age
+        ):
+            old, self._client = self._client, None
+            task = asyncio.get_running_loop().create_task(self._retire(old))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
         if self._client is None:
             self._client = triton_aio.InferenceServerClient(
-                self.address, channel_args=_channel_args(), **self._tls
+                self.address, channel_args=_channel_args(self.keepalive), **self._tls
             )
+            self._client_born = now
+            self.channels += 1
         return self._client
+
+    async def _retire(self, client: triton_aio.InferenceServerClient) -> None:
+        """Close a replaced channel once the calls it carries have had their time."""
+        try:
+            await asyncio.sleep(self.timeout)
+        finally:
+            await client.close()
 
     async def encode(self, input_image: np.ndarray, timeout: float | None = None) -> np.ndarray:
         """Embed one image.
@@ -229,6 +282,10 @@ class TritonEncoder:
 
     async def close(self) -> None:
         """Close the channel (call from the loop that used the encoder)."""
+        for task in list(self._retiring):
+            task.cancel()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
