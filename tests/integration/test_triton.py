@@ -305,7 +305,7 @@ def test_triton_with_other_weights_is_refused(
     try:
         with caplog.at_level("ERROR", logger="samserve.core.triton_encoder"):
             stack.start()
-            with stack.client(timeout=20) as client, pytest.raises(UnavailableError):
+            with stack.client(timeout=60) as client, pytest.raises(UnavailableError):
                 client.embed(png_bytes(make_shapes_image(seed=300).image))
             assert not stack.call(stack.encoder.ready())
             with grpc.insecure_channel(stack.embedding_address) as channel:

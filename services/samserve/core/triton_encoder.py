@@ -196,6 +196,11 @@ class TritonEncoder:
                 f"input_image must be (h, w, 3) uint8 with h, w in [1, {IMG_SIZE}], "
                 f"got {input_image.shape} {input_image.dtype}"
             )
+        if self._refusing():
+            raise Unavailable(
+                f"image encoder on Triton serves other weights ({self.served_model_id}, not "
+                f"{self.expect_model_id})"
+            )
         h, w = int(input_image.shape[0]), int(input_image.shape[1])
         # A fixed 1024x1024 shape lets Triton batch any mix of images; the model ignores the
         # padding (it re-pads after normalising), so its content does not matter.
@@ -229,6 +234,16 @@ class TritonEncoder:
         out: np.ndarray = np.array(features[0], dtype=np.float32)
         return out
 
+    def _refusing(self) -> bool:
+        """True while Triton was found serving other weights less than a recheck ago: calls
+        fail at once instead of running an encode whose result would be thrown away."""
+        return (
+            self.expect_model_id is not None
+            and self.served_model_id is not None
+            and self.served_model_id != self.expect_model_id
+            and time.monotonic() - self._checked_at < RECHECK_INTERVAL_S
+        )
+
     def _check_identity(self, ids: np.ndarray | None) -> None:
         """Raise Unavailable unless Triton's MODEL_ID is ours (logged once per change)."""
         got = "none (its config has no MODEL_ID output)"
@@ -245,6 +260,7 @@ class TritonEncoder:
             elif self.served_model_id is not None:
                 log.info("triton %s %s serves model %s again", self.address, self.model_name, got)
         self.served_model_id = got
+        self._checked_at = time.monotonic()
         if got != self.expect_model_id:
             raise Unavailable(
                 f"image encoder on Triton serves other weights ({got}, not {self.expect_model_id})"
@@ -269,10 +285,9 @@ class TritonEncoder:
             return False
         if self.expect_model_id is None or self.served_model_id == self.expect_model_id:
             return True
-        now = time.monotonic()
-        if self.served_model_id is not None and now - self._checked_at < RECHECK_INTERVAL_S:
+        if self._refusing():
             return False
-        self._checked_at = now
+        self.served_model_id = None  # ask again (encode refuses nothing meanwhile)
         try:
             await self.encode(_PROBE, self.ready_timeout * 5)
         except Exception as e:  # a mismatch (logged), or Triton failing: not ready either way
