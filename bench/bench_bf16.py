@@ -38,7 +38,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(name: str, images: int, device: str) -> tuple[float, float, int, float, int, float]:
-    variant, _, weights = name.partition("_")
+    variant, _, weights = name.rpartition("_")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load_model(variant, None if weights == "shipped" else "random")
