@@ -158,7 +158,12 @@ def test_sixteen_concurrent_embeds_across_two_replicas_encode_once(
     cluster_url: str, cold_images: list[bytes]
 ) -> None:
     """16 calls for one cold image, 8 to each of two embedding processes: 1 encoder run."""
-    a, b = _replica(cluster_url), _replica(cluster_url)
+    a = _replica(cluster_url)
+    try:
+        b = _replica(cluster_url)
+    except BaseException:
+        a.close()
+        raise
     try:
         clients = [SamClient(a.address, a.address), SamClient(b.address, b.address)]
         for image in cold_images[:2]:
@@ -197,7 +202,11 @@ def test_a_lease_holder_killed_mid_encode_is_taken_over_by_another_replica(
     replica's call, waiting meanwhile, takes it over, encodes and answers."""
     args = ("--model", "tiny", "--checkpoint", "random", "--encode-lease", "2")
     holder = Replica("embedding", "--redis-url", cluster_url, *args, env={"OMP_NUM_THREADS": "1"})
-    other = Replica("embedding", "--redis-url", cluster_url, *args)
+    try:
+        other = Replica("embedding", "--redis-url", cluster_url, *args)
+    except BaseException:
+        holder.close()
+        raise
     image = cold_images[2]
     image_id = hashlib.sha256(image).hexdigest()
     client = redis_cluster.client()
@@ -242,10 +251,17 @@ def test_a_decoder_killed_during_sdk_traffic_costs_no_call(
     """Two decoder replicas behind one ``ipv4:a,b`` target; one is SIGKILLed mid-traffic.
     The SDK balances round-robin and retries UNAVAILABLE: no call fails."""
     args = ("--model", "tiny", "--checkpoint", "random", "--redis-url", cluster_url)
-    embedding = Replica("embedding", *args)
     # A generous queue: overload shedding (RESOURCE_EXHAUSTED) on 2 busy cores is not failover.
     lenient = ("--max-queue-seconds", "30")
-    decoders = [Replica("decoder", *args, *lenient), Replica("decoder", *args, *lenient)]
+    started: list[Replica] = []
+    try:
+        for kind, extra in (("embedding", ()), ("decoder", lenient), ("decoder", lenient)):
+            started.append(Replica(kind, *args, *extra))
+    except BaseException:
+        for r in started:
+            r.close()
+        raise
+    embedding, decoders = started[0], started[1:]
     target = "ipv4:" + ",".join(d.address for d in decoders)
     try:
         with SamClient(embedding.address, target, timeout=30) as client:
