@@ -12,6 +12,7 @@ from PIL import Image
 
 from samserve.core.models import LoadedModel, load_model
 from samserve.procs.redis import RedisProcess
+from tests.cluster import RedisClusterProcs
 from tests.pki import Pki, make_pki
 from tests.stack import StackThread
 from tools.shapes import make_shapes_image
@@ -32,6 +33,21 @@ def redis_url(redis_server: RedisProcess) -> str:
     r.flushall()
     r.close()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcs]:
+    """A real local Redis Cluster of three masters for the whole session."""
+    cluster = RedisClusterProcs(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisClusterProcs) -> str:
+    """The session cluster, emptied for this test: ``redis+cluster://`` naming a seed node."""
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 @pytest.fixture(scope="session")

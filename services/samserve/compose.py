@@ -6,6 +6,7 @@ decoder, metrics), the gRPC servicers and server, and the settings that configur
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -23,6 +24,7 @@ from samserve.core.embedding import Embedder, EmbedLimits
 from samserve.core.encoder import Encoder, LocalEncoder
 from samserve.core.errors import ConfigError
 from samserve.core.family import family
+from samserve.core.lease import EncodeLease
 from samserve.core.metrics import Metrics
 from samserve.core.models import LoadedModel
 from samserve.core.sam2.decoder import Sam2Decoder
@@ -35,6 +37,8 @@ from samserve.rpc.interceptors import ServiceInterceptor
 from samserve.rpc.security import AuthInterceptor, server_credentials
 from samserve.rpc.server import RunningService, build_health_server, build_server
 from samserve_client.pb import decoder_pb2_grpc, embedding_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 #: Encoder runs in flight at once on Triton by default: its dynamic batcher's max_batch_size.
 TRITON_ENCODER_SLOTS = 8
@@ -64,7 +68,8 @@ async def _serve(
     closers: list[Callable[[], Awaitable[None]]],
     extra_ready: Callable[[], Awaitable[bool]] | None = None,
 ) -> RunningService:
-    """Bind, start and health-watch one service; ready while Redis (and extras) answer.
+    """Bind, start and health-watch one service; ready while its extras (Triton) answer, also
+    while Redis is away (degraded).
 
     Raises:
         ConfigError: the gRPC or metrics port cannot be bound (the message names the flag).
@@ -100,10 +105,27 @@ async def _serve(
             raise ConfigError(f"{settings.port_flag('health_port')}: {e}") from None
         companions.append(health_server)
 
+    redis_was_up = [True]
+
     async def ready() -> bool:
+        """What this pod can still do. Redis is shared by every pod: its outage is *degraded*
+        (the gauge, one log line), never NOT_SERVING, or one dependency's blip would take
+        every endpoint out of the Service at once. Decoders keep answering from their LRU;
+        calls that need Redis get UNAVAILABLE. Pod-local dependencies (Triton) still count."""
         up = await store.ping()
         metrics.redis_up.set(1 if up else 0)
-        return up and (extra_ready is None or await extra_ready())
+        metrics.degraded.set(0 if up else 1)
+        if up != redis_was_up[0]:
+            if up:
+                log.info("%s: Redis is back, degraded mode over", name)
+            else:
+                log.warning(
+                    "%s: Redis unreachable, degraded mode (SERVING; calls that need Redis get "
+                    "UNAVAILABLE)",
+                    name,
+                )
+            redis_was_up[0] = up
+        return extra_ready is None or await extra_ready()
 
     service = RunningService(
         name=name,
@@ -139,6 +161,8 @@ async def start_embedding(
     settings = settings or EmbedderSettings()
     metrics = Metrics()
     store = _store(store_settings)
+    if encoder is None and model.parts != "all":
+        raise ConfigError("--encoder: an in-process encoder needs the whole model loaded")
     if encoder is not None:
         enc = encoder
     elif model.family == "sam2":
@@ -162,6 +186,11 @@ async def start_embedding(
             queue_full_wait=limits.queue_full_wait,
         ),
         family=family(model.family),
+        lease=(
+            EncodeLease(store, model.model_id, settings.encode_lease)
+            if settings.encode_lease > 0
+            else None
+        ),
     )
     servicer = embedding_rpc.EmbeddingServicer(embedder, model)
     return await _serve(

@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from samserve.core.errors import ConfigError
-from samserve.core.variants import VARIANTS, triton_model_name
+from samserve.core.variants import ENCODER_DTYPES, VARIANTS, triton_model_name
 
 ENV_PREFIX = "SAMSERVE_"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: ``samserve status``: the namespace and label of deploy/base (kustomization.yaml).
 DEFAULT_NAMESPACE = "samserve"
 DEFAULT_SELECTOR = "app.kubernetes.io/part-of=samserve"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -261,9 +261,22 @@ class ModelSettings(Settings):
         "every replica provably serves the same weights",
         metavar="ID",
     )
+    encoder_dtype: str = setting(
+        "float32",
+        "compute dtype of the image encoder that makes the embeddings (Triton's dtype "
+        "parameter): part of the model id, so bf16 and fp32 embeddings never share a key; the "
+        "decoders must name the same one. The in-process encoder computes in float32 only",
+        choices=ENCODER_DTYPES,
+    )
 
     def __post_init__(self) -> None:
         _check(self.variant in VARIANTS, ModelSettings, "variant", f"one of {', '.join(VARIANTS)}")
+        _check(
+            self.encoder_dtype in ENCODER_DTYPES,
+            ModelSettings,
+            "encoder_dtype",
+            f"one of {', '.join(ENCODER_DTYPES)}",
+        )
         if self.checkpoint not in (None, "random"):
             _check(
                 os.path.isfile(str(self.checkpoint)),
@@ -279,7 +292,9 @@ class StoreSettings(Settings):
 
     title: ClassVar[str] = "embedding store"
     redis_url: str = setting(
-        DEFAULT_REDIS_URL, "Redis holding the embeddings: redis://, rediss:// or unix://"
+        DEFAULT_REDIS_URL,
+        "Redis holding the embeddings: redis://, rediss://, unix://, or redis+cluster://host:port "
+        "(rediss+cluster:// with TLS) naming one seed node of a Redis Cluster",
     )
     ttl_seconds: int = setting(
         86400, "expiry of each stored embedding, seconds (0 = never)", flag="--cache-ttl"
@@ -431,11 +446,18 @@ class EmbedderSettings(Settings):
     max_queued_encodes: int = setting(
         8, "images allowed to wait for the encoder; past it, RESOURCE_EXHAUSTED at once"
     )
+    encode_lease: float = setting(
+        10.0,
+        "seconds of the Redis lease that makes one replica encode an image while the others "
+        "wait for its entry (renewed while encoding; a dead holder's lease is taken over after "
+        "it); 0 turns it off",
+        metavar="SECONDS",
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_decode_bytes", "decode_slots"):
             _check(getattr(self, name) > 0, EmbedderSettings, name, "must be > 0")
-        for name in ("encoder_slots", "max_queued_encodes"):
+        for name in ("encoder_slots", "max_queued_encodes", "encode_lease"):
             _check(getattr(self, name) >= 0, EmbedderSettings, name, "must be >= 0")
 
 
@@ -536,10 +558,28 @@ class EncoderSettings(Settings):
         None, "client certificate for Triton's mutual TLS (with --triton-tls-key)", metavar="PATH"
     )
     triton_tls_key: str | None = setting(None, "private key of --triton-tls-cert", metavar="PATH")
+    triton_keepalive: float = setting(
+        15.0,
+        "seconds between keepalive pings to Triton (a dead endpoint's calls fail after this plus "
+        "5 s instead of at their deadline); Triton must permit them: "
+        "--grpc-keepalive-permit-without-calls=true "
+        "--grpc-http2-min-recv-ping-interval-without-data=<at most this, ms> "
+        "--grpc-http2-max-pings-without-data=0; 0 = no pings",
+        metavar="SECONDS",
+    )
+    triton_channel_age: float = setting(
+        60.0,
+        "seconds after which the Triton channel is replaced by a fresh one (new calls re-resolve "
+        "dns:/// and spread over the endpoints now there; calls in flight finish on the old); "
+        "0 = never",
+        metavar="SECONDS",
+    )
 
     def __post_init__(self) -> None:
         _check(self.kind in ("local", "triton"), EncoderSettings, "kind", "local or triton")
         _check(self.triton_timeout > 0, EncoderSettings, "triton_timeout", "must be > 0")
+        for name in ("triton_keepalive", "triton_channel_age"):
+            _check(getattr(self, name) >= 0, EncoderSettings, name, "must be >= 0")
         _check(
             (self.triton_tls_cert is None) == (self.triton_tls_key is None),
             EncoderSettings,

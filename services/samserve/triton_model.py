@@ -7,8 +7,13 @@ Inputs (batched by Triton's dynamic batcher, up to the config's ``max_batch_size
     IMAGE       UINT8 [S, S, 3]  the ``ResizeLongestSide(S)`` RGB image in the top-left corner
                                  (S = 1024 for every SAM variant); the rest is ignored
     IMAGE_SIZE  INT32 [2]        (h, w) of that image inside IMAGE, 1 <= h, w <= S
-Output:
+Outputs:
     EMBEDDING   FP32 or FP16 [256, 64, 64] (the config's data_type decides)
+    MODEL_ID    BYTES [1]                  the identity of what made the embedding: samserve's
+                                           model id of the weights this instance *loaded*
+                                           (variant, checksum) and its compute dtype
+                                           (``vit_h-0123456789abcdef-bf16``); the embedding
+                                           service stores nothing whose id is not its own
 
 Normalisation and padding happen here exactly as ``Sam.preprocess`` does them: normalise with
 ``pixel_mean``/``pixel_std``, then zeros outside (h, w), i.e. zero *after* normalisation. The
@@ -115,14 +120,14 @@ class BatchEncoder:
     def __init__(self, params: EncoderParams, device: str) -> None:
         import torch
 
-        from samserve.core.models import load_model
+        from samserve.core.models import encoder_model_id, load_model
 
         if params.torch_threads > 0:
             torch.set_num_threads(params.torch_threads)
         dtype_name = params.resolve_dtype(device)
         loaded = load_model(params.variant, params.checkpoint or None, seed=params.seed)
         sam = loaded.sam
-        self.model_id = loaded.model_id
+        self.model_id = encoder_model_id(loaded.variant, loaded.weights_sha256, dtype_name)
         self.source = loaded.source
         self.dtype_name = dtype_name
         self.device = torch.device(device)
@@ -190,6 +195,8 @@ class TritonPythonModel:
             )
         out = pb_utils.get_output_config_by_name(config, "EMBEDDING")
         self.out_dtype = pb_utils.triton_string_to_numpy(out["data_type"])
+        # An older config without MODEL_ID still loads; its clients then cannot check it.
+        self.publish_id = pb_utils.get_output_config_by_name(config, "MODEL_ID") is not None
         pb_utils.Logger.log_info(
             f"{args['model_name']}: {self.encoder.model_id} from {self.encoder.source} "
             f"on {device} as {self.encoder.dtype_name}"
@@ -227,9 +234,12 @@ class TritonPythonModel:
             return responses
         embeddings = embeddings.astype(self.out_dtype, copy=False)
         start = 0
+        model_id = self.encoder.model_id.encode()
         for i, n in owners:
-            tensor = pb.Tensor("EMBEDDING", embeddings[start : start + n])
-            responses[i] = pb.InferenceResponse(output_tensors=[tensor])
+            tensors = [pb.Tensor("EMBEDDING", embeddings[start : start + n])]
+            if self.publish_id:
+                tensors.append(pb.Tensor("MODEL_ID", np.array([[model_id]] * n, dtype=np.object_)))
+            responses[i] = pb.InferenceResponse(output_tensors=tensors)
             start += n
         return responses
 

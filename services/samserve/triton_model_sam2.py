@@ -52,7 +52,7 @@ class Sam2BatchEncoder:
     def __init__(self, params: EncoderParams, device: str) -> None:
         import torch
 
-        from samserve.core.models import load_model
+        from samserve.core.models import encoder_model_id, load_model
 
         if params.torch_threads > 0:
             torch.set_num_threads(params.torch_threads)
@@ -60,7 +60,7 @@ class Sam2BatchEncoder:
         loaded = load_model(params.variant, params.checkpoint or None, seed=params.seed)
         if loaded.family != "sam2":
             raise ValueError(f"parameter variant: {params.variant} is not a SAM 2 model")
-        self.model_id = loaded.model_id
+        self.model_id = encoder_model_id(loaded.variant, loaded.weights_sha256, dtype_name)
         self.source = loaded.source
         self.dtype_name = dtype_name
         self.device = torch.device(device)
@@ -133,6 +133,8 @@ class TritonPythonModel:
             )
             for name in OUTPUTS
         ]
+        # As SAM 1's model: MODEL_ID (weights and compute dtype) goes with every answer.
+        self.publish_id = pb_utils.get_output_config_by_name(config, "MODEL_ID") is not None
         pb_utils.Logger.log_info(
             f"{args['model_name']}: {self.encoder.model_id} from {self.encoder.source} "
             f"on {device} as {self.encoder.dtype_name}"
@@ -167,11 +169,14 @@ class TritonPythonModel:
             return responses
         cast = [a.astype(t, copy=False) for a, t in zip(outputs, self.out_dtypes, strict=True)]
         start = 0
+        model_id = self.encoder.model_id.encode()
         for i, n in owners:
             tensors = [
                 pb.Tensor(name, np.ascontiguousarray(a[start : start + n]))
                 for name, a in zip(OUTPUTS, cast, strict=True)
             ]
+            if self.publish_id:
+                tensors.append(pb.Tensor("MODEL_ID", np.array([[model_id]] * n, dtype=np.object_)))
             responses[i] = pb.InferenceResponse(output_tensors=tensors)
             start += n
         return responses

@@ -101,6 +101,18 @@ def test_triton_init_serves_the_configmaps_checkpoint(tmp_path, tiny_checkpoint)
     assert model_py.is_file() and not model_py.is_symlink()
 
 
+def test_triton_init_writes_the_encoder_dtype_the_model_id_names(tmp_path, tiny_checkpoint):
+    path, model_id = tiny_checkpoint
+    env = {"SAMSERVE_CHECKPOINT": str(path), "SAMSERVE_EXPECT_MODEL_ID": model_id}
+    proc = _run_init(tmp_path, SAMSERVE_ENCODER_DTYPE="bfloat16", **env)
+    assert proc.returncode == 0, proc.stderr
+    served = (tmp_path / "models" / "sam_image_encoder_tiny" / "config.pbtxt").read_text()
+    assert 'key: "dtype" value: { string_value: "bfloat16" }' in served
+    (tmp_path / "again").mkdir()
+    proc = _run_init(tmp_path / "again", SAMSERVE_ENCODER_DTYPE="int8", **env)
+    assert proc.returncode != 0 and "must be float32, bfloat16 or float16" in proc.stderr
+
+
 def test_triton_init_refuses_other_weights(tmp_path, tiny_checkpoint):
     path, model_id = tiny_checkpoint
     wrong = "tiny-0000000000000000"

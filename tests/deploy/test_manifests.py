@@ -233,6 +233,8 @@ def test_overlays_choose_model_and_hardware():
     assert "SAMSERVE_CHECKPOINT" not in dev_model  # tiny's shipped weights, no volume
     assert prod_model["SAMSERVE_MODEL"] == "vit_h"
     assert prod_model["SAMSERVE_CHECKPOINT"] == "/checkpoints/sam_vit_h_4b8939.pth"
+    # Triton computes vit_h in bf16: the model id says so (issue 12).
+    assert prod_model["SAMSERVE_ENCODER_DTYPE"] == "bfloat16"
     for docs, gpu in ((dev, False), (prod, True)):
         for c in containers(docs):
             limits = c.spec["resources"].get("limits", {})
@@ -283,7 +285,8 @@ def test_model_identity_has_one_source(overlay):
     copies sam_image_encoder_<variant> and writes SAMSERVE_CHECKPOINT into its config).
     """
     docs = render(overlay)
-    keys = {"SAMSERVE_MODEL", "SAMSERVE_CHECKPOINT", "SAMSERVE_EXPECT_MODEL_ID"}
+    keys = {"SAMSERVE_MODEL", "SAMSERVE_CHECKPOINT", "SAMSERVE_EXPECT_MODEL_ID",
+            "SAMSERVE_ENCODER_DTYPE"}  # fmt: skip
     model = config(docs, "samserve-model")
     assert set(model) <= keys and {"SAMSERVE_MODEL", "SAMSERVE_EXPECT_MODEL_ID"} <= set(model)
     # The id names the variant it was computed for.

@@ -218,7 +218,7 @@ _READ = "+get +getex +expire +exists +ping +hello +auth +client|setname +info"
 #: The embedding service may read and write samserve:*; the decoder may only read it (GETEX and
 #: EXPIRE restart an entry's TTL; SET is what it must not have).
 ACL = f"""user default off
-user samserve-embedding on >emb-pass ~samserve:* -@all {_READ} +set
+user samserve-embedding on >emb-pass ~samserve:* -@all {_READ} +set +pexpire +del +eval +evalsha
 user samserve-decoder on >dec-pass ~samserve:* -@all {_READ}
 user admin on >admin-pass ~* +@all
 """

@@ -1,4 +1,4 @@
-"""Health follows Redis, metrics are exported, embeds coalesce, shutdown drains."""
+"""A Redis outage is degraded mode, metrics are exported, embeds coalesce, shutdown drains."""
 
 from __future__ import annotations
 
@@ -41,10 +41,16 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:
     return False
 
 
-def test_health_follows_redis(tiny_random, shapes_rgb) -> None:
+def test_a_redis_outage_is_degraded_not_down(tiny_random) -> None:
+    """Redis SIGKILLed: both services stay SERVING with samserve_degraded 1; Segment on an
+    image in the decoder's LRU still answers; calls that need Redis fail UNAVAILABLE within
+    their deadline; all recovers when Redis returns on its port."""
     redis_proc = RedisProcess.start()
     stack = StackThread(tiny_random, redis_proc.url).start()
     serving = health_pb2.HealthCheckResponse.SERVING
+    images = [
+        png_bytes(make_shapes_image(seed=60 + i, height=200, width=300).image) for i in range(3)
+    ]
     try:
         for address, name in (
             (stack.embedding_address, "samserve.v1.EmbeddingService"),
@@ -52,16 +58,35 @@ def test_health_follows_redis(tiny_random, shapes_rgb) -> None:
         ):
             assert _health(address) == serving
             assert _health(address, name) == serving
-        redis_proc.stop()
-        assert _wait_for(lambda: _health(stack.decoder_address) != serving)
-        assert _wait_for(lambda: _health(stack.embedding_address) != serving)
-        with stack.client(timeout=10) as client, pytest.raises(UnavailableError):
-            client.embed(png_bytes(shapes_rgb))
-        # Redis back on the same port: the services recover without a restart.
-        redis_proc = RedisProcess.start(port=redis_proc.port)
-        assert _wait_for(lambda: _health(stack.decoder_address) == serving)
         with stack.client() as client:
-            assert not client.embed(png_bytes(shapes_rgb)).cached
+            in_lru = client.embed(images[0])
+            client.segment(in_lru, points=[[100, 100]])  # now in the decoder's LRU
+            only_in_redis = client.embed(images[1])
+        assert "samserve_degraded 0.0" in _metrics(stack.decoder.metrics_url)
+
+        redis_proc.process.kill()
+        redis_proc.process.wait()
+        assert _wait_for(lambda: "samserve_degraded 1.0" in _metrics(stack.decoder.metrics_url))
+        assert _wait_for(lambda: "samserve_degraded 1.0" in _metrics(stack.embedding.metrics_url))
+        assert _health(stack.decoder_address) == serving
+        assert _health(stack.embedding_address) == serving
+        with stack.client(timeout=5) as client:
+            res = client.segment(in_lru, points=[[120, 90]])
+            assert res.masks.shape[1:] == (200, 300)
+            for call in (
+                lambda: client.segment(only_in_redis, points=[[100, 100]]),
+                lambda: client.embed(images[2]),
+            ):
+                start = time.monotonic()
+                with pytest.raises(UnavailableError):
+                    call()
+                assert time.monotonic() - start < 5.5
+        # Redis back on the same port (empty): the services recover without a restart.
+        redis_proc = RedisProcess.start(port=redis_proc.port)
+        assert _wait_for(lambda: "samserve_degraded 0.0" in _metrics(stack.decoder.metrics_url))
+        with stack.client() as client:
+            assert not client.embed(images[2]).cached
+            client.segment(images[1], points=[[100, 100]])  # re-embedded on NOT_FOUND
     finally:
         stack.close()
         redis_proc.stop()

@@ -61,8 +61,8 @@ EMBED_ATOL = 1e-4
 FAST = {"warmup": "false"}
 
 
-def start_triton(checkpoint: str | Path, grpc_port: int = 0) -> TritonProcess:
-    options = TritonModelOptions("tiny", checkpoint, device="cpu", parameters=FAST)
+def start_triton(checkpoint: str | Path, grpc_port: int = 0, seed: int = 0) -> TritonProcess:
+    options = TritonModelOptions("tiny", checkpoint, seed=seed, device="cpu", parameters=FAST)
     return TritonProcess.start(options, grpc_port=grpc_port)
 
 
@@ -77,7 +77,9 @@ class TritonStack(StackThread):
         store_dtype: str = "float16",
     ) -> None:
         super().__init__(model, redis_url, store_dtype=store_dtype)
-        self.encoder = TritonEncoder(triton.grpc_address, triton.model_name, timeout=60)
+        self.encoder = TritonEncoder(
+            triton.grpc_address, triton.model_name, timeout=60, expect_model_id=model.model_id
+        )
 
     def start(self) -> TritonStack:
         super().start()
@@ -158,6 +160,7 @@ def test_repository_configs(variant: str, tmp_path: Path) -> None:
     assert config.name == name == triton_model_name(variant)
     assert (params["variant"], params["device"], params["dtype"]) == (variant, "cpu", "float32")
     assert [i.name for i in config.input] == ["IMAGE", "IMAGE_SIZE"]
+    assert [o.name for o in config.output] == ["EMBEDDING", "MODEL_ID"]
     assert list(config.output[0].dims) == [256, 64, 64]
     assert config.dynamic_batching.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
     shim = (tmp_path / name / "1" / "model.py").read_text()
@@ -283,3 +286,80 @@ def test_triton_down_then_recovers(triton_random: Served, redis_url: str) -> Non
             assert stack.call(stack.encoder.ready())
     finally:
         stack.close()
+
+
+def test_triton_with_other_weights_is_refused(
+    tiny_random: LoadedModel, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tritonserver given other weights (seed 1, not 0): the embedding service says
+    NOT_SERVING, logs one line naming both model ids, answers Embed UNAVAILABLE and stores
+    nothing."""
+    import grpc
+    import redis
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from samserve.core.models import encoder_model_id
+
+    other = start_triton("random", seed=1)
+    stack = TritonStack(tiny_random, redis_url, other)
+    try:
+        with caplog.at_level("ERROR", logger="samserve.core.triton_encoder"):
+            stack.start()
+            with stack.client(timeout=60) as client, pytest.raises(UnavailableError):
+                client.embed(png_bytes(make_shapes_image(seed=300).image))
+            assert not stack.call(stack.encoder.ready())
+            with grpc.insecure_channel(stack.embedding_address) as channel:
+                health = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        served = stack.encoder.served_model_id
+        assert served is not None and served.startswith("tiny-") and served != tiny_random.model_id
+        lines = [r.getMessage() for r in caplog.records if "refusing to serve" in r.getMessage()]
+        assert len(lines) == 1 and served in lines[0] and tiny_random.model_id in lines[0]
+        assert redis.Redis.from_url(redis_url).keys("samserve:emb:*") == []
+        # The id names the compute dtype: the same weights in bf16 are another model.
+        assert encoder_model_id("tiny", tiny_random.weights_sha256, "bfloat16") == (
+            tiny_random.model_id + "-bf16"
+        )
+    finally:
+        stack.close()
+        other.stop()
+
+
+async def test_triton_channel_is_recycled_and_a_hung_triton_fails_fast(
+    tiny_random: LoadedModel,
+) -> None:
+    """The client replaces its channel every channel_age (a fresh channel resolves the target
+    again: new pods get calls), with no call lost; a hung Triton (SIGSTOP: the connection
+    stays open, nothing answers) fails its call after keepalive + 5 s, not at the deadline."""
+    import os
+    import signal
+
+    triton = start_triton("random")
+    encoder = TritonEncoder(
+        triton.grpc_address,
+        triton.model_name,
+        timeout=60,
+        expect_model_id=tiny_random.model_id,
+        keepalive=6,
+        channel_age=0.5,
+    )
+    image = resize_for_encoder(make_shapes_image(seed=9).image)
+    try:
+        assert await encoder.ready()
+        for _ in range(3):
+            await asyncio.sleep(0.6)
+            assert (await encoder.encode(image)).shape == (256, 64, 64)
+        assert encoder.channels >= 3
+        encoder.channel_age = 0  # keep this channel: the next call rides on it
+        os.kill(triton.process.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises((Unavailable, DeadlineExceeded)):
+            await encoder.encode(image)
+        took = time.monotonic() - start
+        assert took < 6 + 5 + 5, f"a hung Triton's call took {took:.1f}s"
+    finally:
+        os.kill(triton.process.pid, signal.SIGCONT)
+        await encoder.close()
+        triton.stop()

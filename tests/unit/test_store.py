@@ -47,10 +47,24 @@ def test_other_layout_version_is_a_miss(emb: Embedding) -> None:
 
 def test_keys_carry_model_and_layout() -> None:
     key = keys.embedding_key("tiny-abc", "0" * 64)
-    assert key == f"samserve:emb:v{keys.LAYOUT_VERSION}:tiny-abc:{'0' * 64}"
+    assert key == f"samserve:emb:v{keys.LAYOUT_VERSION}:tiny-abc:{{{'0' * 64}}}"
     assert keys.is_image_id("a" * 64)
     assert not keys.is_image_id("A" * 64)
     assert not keys.is_image_id("a" * 63)
+
+
+def test_an_images_keys_share_one_cluster_slot() -> None:
+    """Entry, crops and lease carry the hash tag {image_id}: one slot on a Redis Cluster."""
+    from redis.crc import key_slot
+
+    image = "ab" * 32
+    crop = keys.embedding_key("tiny-abc", keys.crop_id(image, [0, 0, 10, 20]))
+    assert crop.endswith(f":{{{image}}}:crop:0,0,10,20")
+    tagged = [keys.embedding_key("tiny-abc", image), crop, keys.lease_key("tiny-abc", image)]
+    assert len({key_slot(k.encode()) for k in tagged}) == 1
+    assert key_slot(keys.embedding_key("tiny-abc", "cd" * 32).encode()) != key_slot(
+        tagged[0].encode()
+    )
 
 
 def test_lru_is_bounded() -> None:

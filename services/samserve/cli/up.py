@@ -28,7 +28,7 @@ from samserve.config import (
 )
 from samserve.core.encoder import Encoder
 from samserve.core.errors import ConfigError
-from samserve.core.models import LoadedModel
+from samserve.core.models import ALL, DECODER, LoadedModel
 from samserve.procs.redis import RedisProcess
 from samserve.rpc.server import RunningService, drain, wait_for_signal
 
@@ -101,6 +101,7 @@ async def _triton(
             resolved_checkpoint(model),
             seed=seed,
             device=private.triton_device,
+            dtype=model.encoder_dtype,  # what the model id says (--encoder-dtype)
             repository=Path(private.triton_repository) if private.triton_repository else None,
         )
         try:
@@ -115,7 +116,7 @@ async def _triton(
             ) from None
         stack.push_async_callback(asyncio.to_thread, triton.stop)
         url, metrics = triton.grpc_address, triton.metrics_url
-    return triton_encoder(enc, model.variant, url), {"grpc": url, "metrics": metrics}
+    return triton_encoder(enc, model, url), {"grpc": url, "metrics": metrics}
 
 
 def _ready_line(
@@ -149,7 +150,8 @@ async def up(ns: argparse.Namespace) -> None:
     server = ServerSettings.from_args(ns)
     ports = UpSettings.from_args(ns)
     StoreSettings.from_args(ns, redis_url=ns.redis_url or "redis://placeholder")  # validate now
-    model = await asyncio.to_thread(load, model_settings)
+    parts = DECODER if enc.kind == "triton" else ALL  # Triton runs the image encoder
+    model = await asyncio.to_thread(load, model_settings, parts)
     async with AsyncExitStack() as stack:
         redis_url = ns.redis_url or await _private_redis(stack)
         store = StoreSettings.from_args(ns, redis_url=redis_url)

@@ -16,6 +16,7 @@ from samserve.core.encoder import Encoder
 from samserve.core.errors import DeadlineExceeded, InvalidInput, NotFound, ResourceExhausted
 from samserve.core.family import SAM1, EncoderOutput, Family
 from samserve.core.images import content_hash, decode_cost, decode_image, image_size
+from samserve.core.lease import EncodeLease
 from samserve.core.metrics import Metrics
 from samserve.core.models import check_requested_model
 from samserve.core.store import Embedding, EmbeddingStore
@@ -79,6 +80,7 @@ class Embedder:
         metrics: metrics sink.
         limits: sizes and concurrency.
         family: the model's family (what the encoder takes and returns).
+        lease: the cross-replica encode lease (None: only in-process single-flight).
     """
 
     def __init__(
@@ -91,9 +93,11 @@ class Embedder:
         metrics: Metrics,
         limits: EmbedLimits,
         family: Family = SAM1,
+        lease: EncodeLease | None = None,
     ) -> None:
         self.variant = variant
         self.family = family
+        self.lease = lease
         self.model_id = model_id
         self.encoder = encoder
         self.store = store
@@ -223,6 +227,20 @@ class Embedder:
     ) -> bool:
         if await self.store.get(self.model_id, cid) is not None:
             return False
+        work = functools.partial(self._encode_crop, image, box, cid, deadline)
+        if self.lease is None:
+            return await work()
+
+        async def lookup() -> bool | None:
+            return False if await self.store.get(self.model_id, cid) is not None else None
+
+        ran, outcome = await self.lease.run(cid, work, lookup, deadline)
+        self.metrics.lease.labels("held" if outcome.held else "waited").inc()
+        return ran
+
+    async def _encode_crop(
+        self, image: np.ndarray, box: list[int], cid: str, deadline: float | None
+    ) -> bool:
         x0, y0, x1, y1 = box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1, :])
         input_image = await asyncio.to_thread(self.family.encoder_input, crop)
@@ -236,6 +254,21 @@ class Embedder:
         self.metrics.cache.labels("redis", "hit" if stored else "miss").inc()
         if stored is not None:
             return EmbedResult(image_id, True, stored.original_size, 0.0)
+        work = functools.partial(self._encode_and_store, image_id, data, deadline)
+        if self.lease is None:
+            return await work()
+
+        async def lookup() -> EmbedResult | None:
+            found = await self.store.get(self.model_id, image_id)
+            return None if found is None else EmbedResult(image_id, True, found.original_size, 0.0)
+
+        result, outcome = await self.lease.run(image_id, work, lookup, deadline)
+        self.metrics.lease.labels("held" if outcome.held else "waited").inc()
+        return result
+
+    async def _encode_and_store(
+        self, image_id: str, data: bytes, deadline: float | None
+    ) -> EmbedResult:
         image = await self._decode(data)
         input_image = await asyncio.to_thread(self.family.encoder_input, image)
         start = time.perf_counter()

@@ -104,6 +104,19 @@ class Metrics:
             ["client", "result"],
             registry=r,
         )
+        self.lease = Counter(
+            "samserve_encode_lease_total",
+            "Embeds that needed the encoder, by how the cross-replica lease went: 'held' (this "
+            "replica encoded) or 'waited' (another replica's entry answered).",
+            ["result"],
+            registry=r,
+        )
         self.redis_up = Gauge(
             "samserve_redis_up", "1 when the embedding store answers pings.", registry=r
+        )
+        self.degraded = Gauge(
+            "samserve_degraded",
+            "1 while the embedding store is unreachable: the pod stays SERVING, decoders answer "
+            "what their LRU holds, calls that need Redis get UNAVAILABLE.",
+            registry=r,
         )

@@ -22,6 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -214,13 +215,42 @@ class EmbeddingStore(Protocol):
     async def close(self) -> None: ...
 
 
+#: URL schemes that name a seed node of a Redis Cluster, and the plain scheme each stands for.
+CLUSTER_SCHEMES = {"redis+cluster://": "redis://", "rediss+cluster://": "rediss://"}
+
+#: Extend a lease only while it is still ours (KEYS[1] lease, ARGV[1] token, ARGV[2] ms).
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+#: Delete a lease only while it is still ours (KEYS[1] lease, ARGV[1] token).
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def cluster_url(url: str) -> str | None:
+    """The plain ``redis://``/``rediss://`` URL of a cluster seed node, or None (not a cluster)."""
+    for scheme, plain in CLUSTER_SCHEMES.items():
+        if url.startswith(scheme):
+            return plain + url[len(scheme) :]
+    return None
+
+
 class RedisStore:
     """Embeddings in Redis: one value per key, optional TTL, short timeouts, few retries.
 
     The URL (which may hold a user and password) is never logged or kept.
 
     Args:
-        url: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or ``unix://``.
+        url: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, ``unix://``, or
+            ``redis+cluster://host:port`` / ``rediss+cluster://`` naming one seed node of a
+            Redis Cluster (the client discovers the other nodes and follows redirections).
         ttl_seconds: expiry of each entry; 0 keeps entries until Redis evicts them.
         dtype: storage dtype of new entries (``float16`` or ``float32``).
         timeout: socket connect/read timeout in seconds.
@@ -249,14 +279,28 @@ class RedisStore:
         if tls_cert is not None and tls_key is not None:
             tls["ssl_certfile"], tls["ssl_keyfile"] = tls_cert, tls_key
         # redis-py's defaults retry for up to ~50 s; a serving path wants a fast UNAVAILABLE.
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
-            health_check_interval=30,
-            **tls,
-        )
+        retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1)
+        seed = cluster_url(url)
+        self.cluster = seed is not None
+        self._redis: aioredis.Redis | RedisCluster
+        if seed is not None:
+            self._redis = RedisCluster.from_url(
+                seed,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=retry,
+                health_check_interval=30,
+                **tls,
+            )
+        else:
+            self._redis = aioredis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=retry,
+                health_check_interval=30,
+                **tls,
+            )
 
     async def get(self, model_id: str, image_id: str) -> Embedding | None:
         """The stored embedding, or None; a hit's TTL starts again (GETEX), so an image in
@@ -291,7 +335,33 @@ class RedisStore:
         except RedisError as e:
             raise Unavailable("embedding store unreachable") from e
 
+    async def lease_acquire(self, model_id: str, image_id: str, token: str, ms: int) -> bool:
+        """Take the encode lease of ``image_id`` for ``ms`` unless another holder has it."""
+        try:
+            return bool(
+                await self._redis.set(keys.lease_key(model_id, image_id), token, nx=True, px=ms)
+            )
+        except RedisError as e:
+            raise Unavailable("embedding store unreachable") from e
+
+    async def lease_renew(self, model_id: str, image_id: str, token: str, ms: int) -> bool:
+        """Extend the lease to ``ms`` from now; False when it is no longer ours."""
+        try:
+            result = self._redis.eval(_RENEW, 1, keys.lease_key(model_id, image_id), token, ms)
+            return bool(await result)
+        except RedisError as e:
+            raise Unavailable("embedding store unreachable") from e
+
+    async def lease_release(self, model_id: str, image_id: str, token: str) -> None:
+        """Drop the lease if it is still ours (compare and delete)."""
+        try:
+            result = self._redis.eval(_RELEASE, 1, keys.lease_key(model_id, image_id), token)
+            await result
+        except RedisError as e:
+            raise Unavailable("embedding store unreachable") from e
+
     async def ping(self) -> bool:
+        """True when Redis answers (on a cluster: every primary)."""
         try:
             return bool(await self._redis.ping())
         except RedisError:

@@ -40,6 +40,9 @@ def triton_model_name(variant: str) -> str:
 
 
 def family_of_model_id(model_id: str) -> str:
-    """The family of a model id (``<variant>-<16 hex digits>``) or of a bare variant."""
-    variant = model_id.rsplit("-", 1)[0] if "-" in model_id else model_id
-    return family_of(variant)
+    """The family of a model id (``<variant>-<16 hex digits>[-<dtype>]``) or of a variant."""
+    return family_of(model_id.split("-", 1)[0])  # no variant name has a "-"
+
+
+#: Compute dtypes an image encoder may run in (each but float32 marks the model id).
+ENCODER_DTYPES = ("float32", "bfloat16", "float16")

@@ -256,6 +256,13 @@ def server_args(
         "--exit-on-error=true",
         "--exit-timeout-secs=5",
         f"--grpc-address={host}", f"--grpc-port={grpc_port}",
+        # Keepalive both ways, as deploy/base/triton.yaml: the embedding service pings every
+        # 10 s (--triton-keepalive), so that a hung Triton's calls fail fast.
+        "--grpc-keepalive-permit-without-calls=true",
+        "--grpc-http2-min-recv-ping-interval-without-data=5000",
+        "--grpc-http2-max-pings-without-data=0",
+        "--grpc-keepalive-time=30000",
+        "--grpc-keepalive-timeout=10000",
         f"--http-address={host}", f"--http-port={http_port}",
         f"--metrics-address={host}", f"--metrics-port={metrics_port}",
         f"--allow-gpu-metrics={str(gpu_metrics).lower()}",
