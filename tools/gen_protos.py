@@ -60,10 +60,19 @@ def generate(out: Path) -> None:
         path.write_text(HEADER + text)
 
 
+def _sources(root: Path) -> list[Path]:
+    """The files under ``root``, bytecode caches left out (any import of the stubs writes them)."""
+    return sorted(
+        p.relative_to(root)
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.relative_to(root).parts
+    )
+
+
 def same_tree(a: Path, b: Path) -> bool:
     """True when both trees hold the same files with the same bytes."""
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    files_a = _sources(a)
+    files_b = _sources(b)
     if files_a != files_b:
         return False
     return all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
