@@ -66,6 +66,9 @@ def test_a_redis_outage_is_degraded_not_down(tiny_random) -> None:
 
         redis_proc.process.kill()
         redis_proc.process.wait()
+        for stream in (redis_proc.process.stdout, redis_proc.process.stderr):
+            if stream is not None:
+                stream.close()
         assert _wait_for(lambda: "samserve_degraded 1.0" in _metrics(stack.decoder.metrics_url))
         assert _wait_for(lambda: "samserve_degraded 1.0" in _metrics(stack.embedding.metrics_url))
         assert _health(stack.decoder_address) == serving

@@ -100,6 +100,7 @@ def test_repository_configs(variant: str, tmp_path: Path) -> None:
         ("IMAGE_EMBED", [256, 64, 64]),
         ("HIGH_RES_0", [32, 256, 256]),
         ("HIGH_RES_1", [64, 128, 128]),
+        ("MODEL_ID", [1]),
     ]
     policy = config.dynamic_batching.default_queue_policy
     assert policy.timeout_action == mc.ModelQueuePolicy.REJECT

@@ -65,6 +65,6 @@ def test_corruption_is_a_miss(emb: Embedding) -> None:
 
 
 def test_keys_carry_the_sam2_layout() -> None:
-    assert keys.embedding_key(MODEL, "0" * 64) == f"samserve:emb:v2:{MODEL}:{'0' * 64}"
+    assert keys.embedding_key(MODEL, "0" * 64) == f"samserve:emb:v2:{MODEL}:{{{'0' * 64}}}"
     assert keys.embedding_key("tiny-abc", "0" * 64).startswith("samserve:emb:v1:")
     assert keys.layout_version("sam2_hiera_b+-0123456789abcdef") == keys.LAYOUT_VERSION_SAM2

@@ -348,6 +348,8 @@ def load_model(
             raise InvalidInput(f"checkpoint {checkpoint} does not fit {variant}: {e}") from e
     sam.eval().requires_grad_(False)
     digest = state_dict_sha256(sam.state_dict())
-    if parts == DECODER:
+    if parts == DECODER and variant in SAM2_CONFIGS:
+        parts = ALL  # SAM 2's decoder reads the model whole (no lean load for it yet)
+    elif parts == DECODER:
         strip_image_encoder(sam)
     return LoadedModel(sam=sam, variant=variant, weights_sha256=digest, source=source, parts=parts)
