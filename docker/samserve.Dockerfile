@@ -26,7 +26,7 @@ COPY services /src/services
 # what the embedding service's Triton encoder needs (the "triton" extra would also pull the
 # whole tritonserver binary). The "sam2" extra serves SAM 2.1 models (sam2's CUDA extension
 # is for video only: not built).
-RUN SAM2_BUILD_CUDA=0 pip install "/src/clients/python[rle]" "/src[sam2]" "tritonclient[grpc]>=2.73,<3"
+RUN SAM2_BUILD_CUDA=0 pip install "/src/clients/python[rle]" "/src[sam2,onnx]" "tritonclient[grpc]>=2.73,<3"
 
 FROM ${PYTHON_IMAGE} AS runtime
 # tini as PID 1: forwards SIGTERM to samserve (which drains) and reaps children.

@@ -20,6 +20,7 @@ from samserve.config import (
 )
 from samserve.core.cpus import available_cpus, decoder_threads
 from samserve.core.decoder import Decoder
+from samserve.core.decoder_runtime import runtime_name
 from samserve.core.embedding import Embedder, EmbedLimits
 from samserve.core.encoder import Encoder, LocalEncoder
 from samserve.core.errors import ConfigError
@@ -238,7 +239,9 @@ async def start_decoder(
         max_everything_work=settings.max_everything_work,
         queue_full_wait=limits.queue_full_wait,
         max_queue_seconds=settings.max_queue_seconds,
+        runtime=settings.decoder_runtime,
     )
+    log.info("decoder: the mask decoder runs on %s", runtime_name(decoder.runtime))
     servicer = decoder_rpc.DecoderServicer(decoder)
     return await _serve(
         "decoder",

@@ -390,10 +390,17 @@ class DecoderSettings(Settings):
         "from the cgroup's cpu.max or cpu.cfs_quota_us, not the host's cores)",
     )
     decoder_threads: int = setting(
-        1,
-        "intra-op threads of each decoder worker (small matrices scale better across calls than "
-        "inside one); 0: adaptive, the CPU limit divided by the calls running (a lone call gets "
-        "every CPU; measured worse on a contended machine, where spinning threads wait)",
+        0,
+        "intra-op threads of each decoder worker; 0: adaptive, the CPU limit divided by the calls "
+        "running (a lone call gets every CPU, a full pool one thread per call: measured faster "
+        "than a fixed 1 both alone and under load)",
+    )
+    decoder_runtime: str = setting(
+        "auto",
+        "where the SAM 1 mask decoder runs: onnxruntime (the folded decoder exported at start, in "
+        "memory; about 0.75x torch's time), torch, or auto (onnxruntime when installed, else "
+        "torch); SAM 2 models always run torch",
+        choices=("auto", "onnxruntime", "torch"),
     )
     work_bytes: int = setting(
         256 * 1024 * 1024,

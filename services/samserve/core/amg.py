@@ -46,10 +46,10 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor
 from torchvision.ops.boxes import batched_nms, box_area
 
+from samserve.core.decoder_runtime import PrefixDecode, torch_runtime
 from samserve.core.errors import InvalidInput, ResourceExhausted
 from samserve.core.fullres import Cancel, upscaled
 from samserve.core.prefix import ReadyEmbedding
-from samserve.core.prefix import decode as prefix_decode
 
 OUTPUT_MODES = ("binary_mask", "coco_rle")
 #: Most crop layers accepted (layer i has 4**i crops, each one encoder run).
@@ -207,6 +207,7 @@ class EverythingRun:
         crops: (crop box XYXY, layer index, embedding of that crop) for every box of
             :func:`crop_boxes`, in its order.
         work_bytes: memory budget of one job.
+        runtime: the mask decoder's runtime (torch by default).
 
     Every job (and :meth:`finish`) takes a :class:`Cancel`, set when the caller has gone.
     """
@@ -218,8 +219,10 @@ class EverythingRun:
         original_size: tuple[int, int],
         crops: list[tuple[list[int], int, ReadyEmbedding]],
         work_bytes: int,
+        runtime: PrefixDecode | None = None,
     ) -> None:
         self.sam = sam
+        self.runtime = runtime or torch_runtime(sam)
         self.params = params
         self.original_size = original_size
         self.crops = crops
@@ -349,7 +352,7 @@ class EverythingRun:
             sparse, _ = sam.prompt_encoder(
                 points=(c[:, None, :], labels[:, None]), boxes=None, masks=None
             )
-            low_res, iou = prefix_decode(sam, emb.prefix, sparse, True)
+            low_res, iou = self.runtime(emb.prefix, sparse, True)
             logits.append(low_res)
             ious.append(iou)
         return torch.cat(logits), torch.cat(ious)

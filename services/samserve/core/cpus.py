@@ -136,6 +136,6 @@ class DecoderThreads:
 def decoder_threads(workers: int, intra_op: int, cpus: int) -> DecoderThreads:
     """Resolve the decoder's settings for ``cpus`` CPUs: workers 0 means one per CPU (small
     matrices scale better across calls than inside one); threads pass through (the settings'
-    default is 1; 0 asks for adaptive threads: a lone call gets every CPU, a full pool one each).
+    default is 0, adaptive threads: a lone call gets every CPU, a full pool one each).
     """
     return DecoderThreads(workers if workers > 0 else cpus, max(0, intra_op), cpus)

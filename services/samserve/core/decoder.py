@@ -28,13 +28,13 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from samserve.core import amg, keys
 from samserve.core.admission import Lane
 from samserve.core.coalesce import SingleFlight
+from samserve.core.decoder_runtime import PrefixDecode, make_runtime, torch_runtime
 from samserve.core.errors import InvalidInput, NotFound, ResourceExhausted, Unavailable
 from samserve.core.fullres import Cancel, upscaled
 from samserve.core.masks import Polygon, encode_coco_rle, encode_polygons, pack_bitmask
 from samserve.core.metrics import Metrics
 from samserve.core.models import check_requested_model
 from samserve.core.prefix import ReadyEmbedding, prepare
-from samserve.core.prefix import decode as prefix_decode
 from samserve.core.store import Embedding, EmbeddingStore, LruCache
 
 LOW_RES = 256
@@ -155,9 +155,10 @@ def predict(
     prompt: PromptSpec,
     multimask_output: bool,
     work_bytes: int = DEFAULT_WORK_BYTES,
+    runtime: PrefixDecode | None = None,
 ) -> Prediction:
     """``SamPredictor.predict`` for one prompt over a loaded embedding (masks upsampled a few
-    at a time, within ``work_bytes``)."""
+    at a time, within ``work_bytes``; the mask decoder on ``runtime``, torch by default)."""
     transform = ResizeLongestSide(sam.image_encoder.img_size)
     points = None
     if prompt.points is not None and prompt.labels is not None:
@@ -176,7 +177,8 @@ def predict(
     with torch.inference_mode():
         sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
         if masks_in is None and loaded.prefix is not None:
-            low_res, iou = prefix_decode(sam, loaded.prefix, sparse, multimask_output)
+            run = runtime or torch_runtime(sam)
+            low_res, iou = run(loaded.prefix, sparse, multimask_output)
         else:  # a mask input changes the dense embedding: the official path
             low_res, iou = sam.mask_decoder(
                 image_embeddings=loaded.features,
@@ -228,6 +230,8 @@ class Decoder:
             divided by the calls running at that moment (a lone call gets every CPU, a full
             pool one thread per call).
         cpus: CPUs the adaptive choice shares out.
+        runtime: the mask decoder's runtime, ``torch``, ``onnxruntime`` or ``auto``
+            (``core/decoder_runtime.py``); SAM 2 models always run torch.
         work_bytes: memory budget of one job's full-resolution work.
         max_response_bytes: largest Segment answer.
         max_queued_prompts: prompts allowed to wait for a worker.
@@ -249,7 +253,7 @@ class Decoder:
         max_prompts: int = 64,
         max_points: int = 64,
         workers: int = 2,
-        intra_op_threads: int = 1,
+        intra_op_threads: int = 0,
         cpus: int = 1,
         work_bytes: int = DEFAULT_WORK_BYTES,
         max_response_bytes: int = 64 * 1024 * 1024,
@@ -258,6 +262,7 @@ class Decoder:
         max_everything_work: int = 2 * 10**11,
         queue_full_wait: float = 0.0,
         max_queue_seconds: float = float("inf"),
+        runtime: str = "torch",
     ) -> None:
         self.variant = variant
         self.model_id = model_id
@@ -274,6 +279,7 @@ class Decoder:
         self._touched: dict[str, float] = {}
         with torch.inference_mode():
             self._dense_pe = self._make_dense_pe()
+        self.runtime = self._make_runtime(runtime)
         self.workers = workers
         self.intra_op_threads = intra_op_threads
         self.cpus = max(1, cpus)
@@ -455,6 +461,10 @@ class Decoder:
         dense_pe: torch.Tensor = self.sam.prompt_encoder.get_dense_pe()
         return dense_pe
 
+    def _make_runtime(self, runtime: str) -> PrefixDecode:
+        """The mask decoder's runtime (once per model)."""
+        return make_runtime(self.sam, runtime, self.model_id)
+
     def _prepare(self, emb: Embedding) -> ReadyEmbedding:
         """A stored entry made ready for decoding (on a decoder thread)."""
         return prepare(self.sam, self._dense_pe, emb.features, emb.original_size, emb.input_size)
@@ -463,7 +473,10 @@ class Decoder:
         self, loaded: ReadyEmbedding, prompt: PromptSpec, multimask_output: bool
     ) -> Prediction:
         """One validated prompt: ``SamPredictor.predict``."""
-        return predict(self.sam, self._dense_pe, loaded, prompt, multimask_output, self.work_bytes)
+        return predict(
+            self.sam, self._dense_pe, loaded, prompt, multimask_output, self.work_bytes,
+            self.runtime,
+        )  # fmt: skip
 
     def _everything_run(
         self,
@@ -472,7 +485,9 @@ class Decoder:
         crops: list[tuple[list[int], int, ReadyEmbedding]],
     ) -> amg.EverythingRun:
         """One segment-everything generation: ``SamAutomaticMaskGenerator.generate``."""
-        return amg.EverythingRun(self.sam, params, original_size, crops, self.work_bytes)
+        return amg.EverythingRun(
+            self.sam, params, original_size, crops, self.work_bytes, self.runtime
+        )
 
     def _run(
         self,

@@ -119,7 +119,13 @@ def _project(attn: Attention, proj: torch.nn.Linear, x: Tensor) -> Tensor:
 
 
 def decode(
-    sam: Sam, prefix: ImagePrefix, sparse: Tensor, multimask_output: bool, fold: bool = True
+    sam: Sam,
+    prefix: ImagePrefix,
+    sparse: Tensor,
+    multimask_output: bool,
+    fold: bool = True,
+    *,
+    all_masks: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``MaskDecoder.forward`` for prompts without a mask input, reusing ``prefix``.
 
@@ -133,6 +139,8 @@ def decode(
         sparse: (B, N, C) sparse prompt embeddings from the official prompt encoder.
         multimask_output: three masks (True) or one (False) per prompt.
         fold: reorder the linear work (equal up to float32 rounding).
+        all_masks: return all four masks (the single mask first), whatever
+            ``multimask_output`` says (the exported graph of ``core/ort_decoder.py``).
 
     Returns:
         Low-resolution mask logits (B, K, 256, 256) and predicted IoU (B, K).
@@ -180,7 +188,7 @@ def decode(
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]
     h, w = prefix.size
-    mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+    mask_slice = mask_outputs(multimask_output) if not all_masks else slice(None)
     iou_pred = decoder.iou_prediction_head(iou_token_out)
     if fold:
         mlps = list(enumerate(decoder.output_hypernetworks_mlps))[mask_slice]
@@ -196,6 +204,11 @@ def decode(
     _, c, uh, uw = upscaled.shape
     masks = (hyper_in @ upscaled.view(b, c, uh * uw)).view(b, -1, uh, uw)
     return masks[:, mask_slice, :, :], iou_pred[:, mask_slice]
+
+
+def mask_outputs(multimask_output: bool) -> slice:
+    """Which of the decoder's four masks an answer holds (``MaskDecoder.forward``)."""
+    return slice(1, None) if multimask_output else slice(0, 1)
 
 
 def _folded_layer(

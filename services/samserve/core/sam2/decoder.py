@@ -21,8 +21,9 @@ from torch import Tensor
 
 from samserve.core import amg
 from samserve.core.decoder import DEFAULT_WORK_BYTES, Decoder, Prediction, PromptSpec
+from samserve.core.decoder_runtime import PrefixDecode
 from samserve.core.fullres import Cancel, masks_per_piece
-from samserve.core.prefix import ReadyEmbedding
+from samserve.core.prefix import ImagePrefix, ReadyEmbedding
 from samserve.core.sam2.amg import Sam2AmgParams, Sam2EverythingRun
 from samserve.core.sam2.encoder import transforms
 from samserve.core.store import Embedding
@@ -149,6 +150,13 @@ class Sam2Decoder(Decoder):
         self._transforms = transforms(self.sam)
         dense_pe: Tensor = self.sam.sam_prompt_encoder.get_dense_pe()
         return dense_pe
+
+    def _make_runtime(self, runtime: str) -> PrefixDecode:
+        # SAM 2's decoder runs as the official one (no prefix, no export): torch whatever asked.
+        def unused(prefix: ImagePrefix, sparse: Tensor, multimask_output: bool) -> Any:
+            raise AssertionError("a SAM 2 decoder has no prefix decoder")
+
+        return unused
 
     def _prepare(self, emb: Embedding) -> ReadyEmbedding:
         return prepare_sam2(emb)

@@ -1,0 +1,102 @@
+"""The mask decoder's runtimes: ONNX Runtime answers what the torch folded decoder answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from samserve.core import decoder_runtime
+from samserve.core.decoder_runtime import (
+    OrtDecoder,
+    make_runtime,
+    resolve_runtime,
+    runtime_name,
+    torch_runtime,
+)
+from samserve.core.errors import ConfigError
+from samserve.core.models import LoadedModel
+from samserve.core.prefix import ImagePrefix, build_prefix, decode
+
+pytestmark = pytest.mark.skipif(
+    not decoder_runtime.onnxruntime_available(), reason="onnxruntime is not installed"
+)
+
+#: Float32 logits through another kernel library: only summation order differs.
+LOGITS_ATOL = 2e-4
+IOU_ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def prefix(tiny_random: LoadedModel) -> ImagePrefix:
+    sam = tiny_random.sam
+    rng = np.random.default_rng(3)
+    with torch.inference_mode():
+        dense_pe = sam.prompt_encoder.get_dense_pe()
+        features = torch.from_numpy(rng.standard_normal((1, 256, 64, 64), dtype=np.float32))
+        return build_prefix(sam, features, dense_pe)
+
+
+@pytest.fixture(scope="module")
+def ort(tiny_random: LoadedModel) -> OrtDecoder:
+    return OrtDecoder(tiny_random.sam, tiny_random.model_id)
+
+
+def _sparse(model: LoadedModel, prompts: int, points: int, box: bool) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(prompts * 100 + points)
+    coords = torch.rand(prompts, points, 2, generator=gen) * 1000
+    labels = torch.randint(0, 2, (prompts, points), generator=gen, dtype=torch.int)
+    boxes = torch.tensor([[100.0, 200.0, 600.0, 700.0]]).expand(prompts, 4) if box else None
+    with torch.inference_mode():
+        sparse, _ = model.sam.prompt_encoder(points=(coords, labels), boxes=boxes, masks=None)
+    return sparse
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize(
+    ("prompts", "points", "box"),
+    [(1, 2, False), (1, 1, True), (1, 5, True), (64, 2, False), (3, 7, False)],
+)
+def test_onnxruntime_equals_torch(
+    tiny_random: LoadedModel, prefix: ImagePrefix, ort: OrtDecoder,
+    prompts: int, points: int, box: bool, multimask: bool,
+) -> None:  # fmt: skip
+    """Any number of prompts and tokens (the graph's dynamic axes), one mask or three."""
+    sparse = _sparse(tiny_random, prompts, points, box)
+    with torch.inference_mode():
+        want_masks, want_iou = decode(tiny_random.sam, prefix, sparse, multimask, fold=False)
+        masks, iou = ort(prefix, sparse, multimask)
+    assert masks.shape == want_masks.shape and iou.shape == want_iou.shape
+    assert torch.allclose(masks, want_masks, atol=LOGITS_ATOL, rtol=0)
+    assert torch.allclose(iou, want_iou, atol=IOU_ATOL, rtol=0)
+
+
+def test_many_tokens_take_the_torch_path(
+    tiny_random: LoadedModel, prefix: ImagePrefix, ort: OrtDecoder
+) -> None:
+    """Past what folding pays for, the official layer order runs (bit for bit torch)."""
+    sparse = _sparse(tiny_random, 1, 20, False)
+    with torch.inference_mode():
+        want = decode(tiny_random.sam, prefix, sparse, True)
+        got = ort(prefix, sparse, True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_one_session_per_thread_count(ort: OrtDecoder) -> None:
+    assert ort.session(1) is ort.session(1)
+    assert ort.session(2) is not ort.session(1)
+    assert ort.session(2).get_session_options().intra_op_num_threads == 2
+
+
+def test_runtime_choice(tiny_random: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    sam, model_id = tiny_random.sam, tiny_random.model_id
+    assert resolve_runtime("auto") == "onnxruntime"
+    assert runtime_name(make_runtime(sam, "auto", model_id)) == "onnxruntime"
+    assert runtime_name(make_runtime(sam, "torch", model_id)) == "torch"
+    assert runtime_name(torch_runtime(sam)) == "torch"
+    with pytest.raises(ConfigError, match="--decoder-runtime"):
+        resolve_runtime("tensorrt")
+    monkeypatch.setattr(decoder_runtime, "onnxruntime_available", lambda: False)
+    assert resolve_runtime("auto") == "torch"
+    with pytest.raises(ConfigError, match="--decoder-runtime onnxruntime: onnxruntime is not"):
+        resolve_runtime("onnxruntime")
