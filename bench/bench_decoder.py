@@ -3,7 +3,7 @@
     python bench/bench_decoder.py [--model tiny] [--checkpoint PATH] [--runs 3]
         [--sizes 1200x1800,480x640] [--calls 20] [--rounds 4] [--callers 1,2,4,8]
         [--amg-size 480x640] [--points-per-side 8] [--pred-iou-thresh ...] [--no-amg]
-        [--decoder-workers N] [--decoder-threads N]
+        [--decoder-workers N] [--decoder-threads N] [--decoder-runtime auto|onnxruntime|torch]
 
 Single point, multimask, low-res logits on, the shipped tiny by default. Each run prints, side
 by side (reference | samserve | ratio):
@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--box-nms-thresh", type=float, default=0.9)
     parser.add_argument("--decoder-workers", type=int, default=None)
     parser.add_argument("--decoder-threads", type=int, default=None)
+    parser.add_argument("--decoder-runtime", default=None, help="auto, onnxruntime or torch")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
@@ -223,6 +224,8 @@ def main() -> None:
         up_args += ["--decoder-workers", str(args.decoder_workers)]
     if args.decoder_threads is not None:
         up_args += ["--decoder-threads", str(args.decoder_threads)]
+    if args.decoder_runtime is not None:
+        up_args += ["--decoder-runtime", args.decoder_runtime]
     load = " ".join(f"{x:.1f}" for x in __import__("os").getloadavg())
     print(f"model {model.model_id} ({model.source}); reference torch threads "
           f"{torch.get_num_threads()}; CPUs (cgroup) {available_cpus()}; load average {load}; "

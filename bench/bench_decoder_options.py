@@ -17,8 +17,8 @@ the parity contract is IoU >= 0.995 and scores within 1e-3.
 Options: the per-image prefix as it was (``prefix``); folded attention and channels-last
 upscaling (``folded``, the default now); ``channels_last`` memory format for the official
 upscaling; ``torch.compile`` of the folded decoder; oneDNN graph fusion (TorchScript, frozen);
-ONNX Runtime fp32 and dynamic int8 of the prefix-aware folded decoder (cached prefix fed as
-inputs).
+ONNX Runtime fp32 (``core/decoder_runtime.OrtDecoder``: what the decoder service runs) and
+dynamic int8 of the same graph (cached prefix fed as inputs).
 """
 
 from __future__ import annotations
@@ -160,28 +160,33 @@ def main() -> None:
             import onnxruntime as ort
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
+            from samserve.core.decoder_runtime import OrtDecoder
+
+            served = OrtDecoder(sam, "bench")  # what the decoder service runs
+            options["onnx"] = lambda: served(ready.prefix, sparse, True)
             tmp = Path(tempfile.mkdtemp())
-            names = ["sparse", "keys", "key_pe", "t2i_k", "t2i_v", "i2t_q"]
-            with torch.no_grad():
-                torch.onnx.export(Folded().eval(), inputs, tmp / "d.onnx", input_names=names,
-                                  output_names=["masks", "iou"], opset_version=17, dynamo=False,
-                                  dynamic_axes={"sparse": {1: "n"}})  # fmt: skip
+            (tmp / "d.onnx").write_bytes(served._graph)
             quantize_dynamic(tmp / "d.onnx", tmp / "d8.onnx", weight_type=QuantType.QUInt8)
-            feeds = {n: x.numpy() for n, x in zip(names, inputs, strict=True)}
-            for name, path in (("onnx", "d.onnx"), ("onnx_int8", "d8.onnx")):
-                sessions: dict[int, Any] = {}
+            names = ["sparse", "keys", "key_pe", "t2i_k", "t2i_v", "i2t_q"]
+            p = ready.prefix
+            feeds = {
+                n: x.numpy()
+                for n, x in zip(names, (sparse, p.keys, p.key_pe, p.t2i_k, p.t2i_v, p.i2t_q),
+                                strict=True)
+            }  # fmt: skip
+            sessions: dict[int, Any] = {}
 
-                def run(path: str = path, sessions: dict[int, Any] = sessions) -> tuple[Any, Any]:
-                    n = torch.get_num_threads()
-                    if n not in sessions:
-                        so = ort.SessionOptions()
-                        so.intra_op_num_threads = n
-                        so.inter_op_num_threads = 1
-                        sessions[n] = ort.InferenceSession(str(tmp / path), so)
-                    m, s = sessions[n].run(None, feeds)
-                    return torch.from_numpy(m), torch.from_numpy(s)
+            def int8() -> tuple[Any, Any]:
+                n = torch.get_num_threads()
+                if n not in sessions:
+                    so = ort.SessionOptions()
+                    so.intra_op_num_threads = n
+                    so.inter_op_num_threads = 1
+                    sessions[n] = ort.InferenceSession(str(tmp / "d8.onnx"), so)
+                m, s = sessions[n].run(None, feeds)
+                return torch.from_numpy(m[:, 1:]), torch.from_numpy(s[:, 1:])
 
-                options[name] = run
+            options["onnx_int8"] = int8
         except Exception as e:
             notes["onnx"] = f"failed: {type(e).__name__}: {str(e)[:80]}"
 
@@ -215,10 +220,14 @@ def main() -> None:
     prompt = PromptSpec(points=point, labels=label)
     full = {
         "predict official": lambda: predictor.predict(point, label, multimask_output=True),
-        "predict samserve": lambda: encode_prediction(
+        "predict samserve (torch)": lambda: encode_prediction(
             predict(sam, pe, ready, prompt, True), MaskEncoding.BITMASK, True
         ),
     }
+    if "onnx" in options:
+        full["predict samserve (onnxruntime)"] = lambda: encode_prediction(
+            predict(sam, pe, ready, prompt, True, runtime=served), MaskEncoding.BITMASK, True
+        )
     for name, fn in full.items():
         times = []
         for n in threads:
