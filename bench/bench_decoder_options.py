@@ -165,7 +165,7 @@ def main() -> None:
             served = OrtDecoder(sam, "bench")  # what the decoder service runs
             options["onnx"] = lambda: served(ready.prefix, sparse, True)
             tmp = Path(tempfile.mkdtemp())
-            (tmp / "d.onnx").write_bytes(served._graph)
+            (tmp / "d.onnx").write_bytes(served.graph.graph)
             quantize_dynamic(tmp / "d.onnx", tmp / "d8.onnx", weight_type=QuantType.QUInt8)
             names = ["sparse", "keys", "key_pe", "t2i_k", "t2i_v", "i2t_q"]
             p = ready.prefix

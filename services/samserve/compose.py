@@ -20,7 +20,6 @@ from samserve.config import (
 )
 from samserve.core.cpus import available_cpus, decoder_threads
 from samserve.core.decoder import Decoder
-from samserve.core.decoder_runtime import runtime_name
 from samserve.core.embedding import Embedder, EmbedLimits
 from samserve.core.encoder import Encoder, LocalEncoder
 from samserve.core.errors import ConfigError
@@ -241,7 +240,7 @@ async def start_decoder(
         max_queue_seconds=settings.max_queue_seconds,
         runtime=settings.decoder_runtime,
     )
-    log.info("decoder: the mask decoder runs on %s", runtime_name(decoder.runtime))
+    log.info("decoder: the mask decoder runs on %s", decoder.runtime_label)
     servicer = decoder_rpc.DecoderServicer(decoder)
     return await _serve(
         "decoder",

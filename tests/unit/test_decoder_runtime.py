@@ -83,9 +83,9 @@ def test_many_tokens_take_the_torch_path(
 
 
 def test_one_session_per_thread_count(ort: OrtDecoder) -> None:
-    assert ort.session(1) is ort.session(1)
-    assert ort.session(2) is not ort.session(1)
-    assert ort.session(2).get_session_options().intra_op_num_threads == 2
+    assert ort.graph.session(1) is ort.graph.session(1)
+    assert ort.graph.session(2) is not ort.graph.session(1)
+    assert ort.graph.session(2).get_session_options().intra_op_num_threads == 2
 
 
 def test_runtime_choice(tiny_random: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,3 +100,44 @@ def test_runtime_choice(tiny_random: LoadedModel, monkeypatch: pytest.MonkeyPatc
     assert resolve_runtime("auto") == "torch"
     with pytest.raises(ConfigError, match="--decoder-runtime onnxruntime: onnxruntime is not"):
         resolve_runtime("onnxruntime")
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("prompt", ["point", "box", "mask"])
+def test_sam2_onnxruntime_equals_torch(multimask: bool, prompt: str) -> None:
+    """SAM 2's mask decoder for one prompt: the exported graph answers what the official
+    module answers (the single-mask graph keeps SAM 2.1's choice by stability)."""
+    from samserve.core.models import load_model
+    from samserve.core.prefix import ReadyEmbedding
+    from samserve.core.sam2.decoder import Sam2OrtDecoder, decode_sam2
+
+    model = load_model("sam2_tiny", "random", seed=0)
+    gen = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        dense_pe = model.sam.sam_prompt_encoder.get_dense_pe()
+        c, h, w = dense_pe.shape[1:]
+        loaded = ReadyEmbedding(
+            torch.randn(1, c, h, w, generator=gen), None, (480, 640), (768, 1024),
+            (torch.randn(1, c // 8, 4 * h, 4 * w, generator=gen),
+             torch.randn(1, c // 4, 2 * h, 2 * w, generator=gen)),
+        )  # fmt: skip
+        runtime = Sam2OrtDecoder(model.sam, model.model_id, dense_pe)
+        points = (torch.tensor([[[300.0, 400.0], [500.0, 200.0]]]), torch.tensor([[1, 0]]))
+        boxes = torch.tensor([[100.0, 150.0, 700.0, 800.0]]) if prompt == "box" else None
+        mask = torch.randn(1, 1, 256, 256, generator=gen) if prompt == "mask" else None
+        args = (model.sam, dense_pe, loaded, points, boxes, mask, multimask)
+        want = decode_sam2(*args)
+        got = decode_sam2(*args, runtime=runtime)
+    assert got[0].shape == want[0].shape
+    assert torch.allclose(got[0], want[0], atol=LOGITS_ATOL, rtol=0)
+    assert torch.allclose(got[1], want[1], atol=IOU_ATOL, rtol=0)
+
+
+def test_decoders_say_where_they_run(tiny_random: LoadedModel) -> None:
+    from samserve.core.decoder import Decoder
+    from samserve.core.metrics import Metrics
+
+    for runtime in ("onnxruntime", "torch"):
+        dec = Decoder(variant="tiny", model_id=tiny_random.model_id, sam=tiny_random.sam,
+                      store=None, metrics=Metrics(), runtime=runtime)  # type: ignore[arg-type]  # fmt: skip
+        assert dec.runtime_label == runtime

@@ -28,7 +28,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from samserve.core import amg, keys
 from samserve.core.admission import Lane
 from samserve.core.coalesce import SingleFlight
-from samserve.core.decoder_runtime import PrefixDecode, make_runtime, torch_runtime
+from samserve.core.decoder_runtime import PrefixDecode, make_runtime, runtime_name, torch_runtime
 from samserve.core.errors import InvalidInput, NotFound, ResourceExhausted, Unavailable
 from samserve.core.fullres import Cancel, upscaled
 from samserve.core.masks import Polygon, encode_coco_rle, encode_polygons, pack_bitmask
@@ -464,6 +464,11 @@ class Decoder:
     def _make_runtime(self, runtime: str) -> PrefixDecode:
         """The mask decoder's runtime (once per model)."""
         return make_runtime(self.sam, runtime, self.model_id)
+
+    @property
+    def runtime_label(self) -> str:
+        """Where the mask decoder runs: ``onnxruntime`` or ``torch``."""
+        return runtime_name(self.runtime)
 
     def _prepare(self, emb: Embedding) -> ReadyEmbedding:
         """A stored entry made ready for decoding (on a decoder thread)."""

@@ -108,54 +108,66 @@ class _Traced(torch.nn.Module):
         return decode(self.sam, prefix, sparse, True, all_masks=True)
 
 
+def export_onnx(
+    module: torch.nn.Module,
+    inputs: tuple[Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> bytes:
+    """``module`` exported to ONNX (TorchScript exporter, opset 17), in memory."""
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's tracer warnings
+        torch.onnx.export(
+            module.eval(),
+            inputs,
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to a stream
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes=dynamic_axes,
+        )
+    return buf.getvalue()
+
+
+def exported(key: str, export: Callable[[], bytes]) -> bytes:
+    """``export()``, once per ``key`` (a model id and graph name) in this process."""
+    with _GRAPHS_LOCK:
+        graph = _GRAPHS.get(key)
+        if graph is None:
+            graph = _GRAPHS[key] = export()
+        return graph
+
+
 def export_graph(sam: Sam, prefix: ImagePrefix) -> bytes:
     """The ONNX graph of the folded decoder for embeddings of ``prefix``'s grid; prompts
     (batch) and prompt tokens are dynamic."""
     tokens = sam.prompt_encoder.embed_dim
     sparse = torch.zeros(2, 2, tokens)  # two prompts of two tokens: neither axis is traced as 1
     inputs = (sparse, prefix.keys, prefix.key_pe, prefix.t2i_k, prefix.t2i_v, prefix.i2t_q)
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's tracer warnings
-        torch.onnx.export(
-            _Traced(sam, prefix.size).eval(),
-            inputs,
-            buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to a stream
-            input_names=list(_INPUTS),
-            output_names=["masks", "iou"],
-            opset_version=17,
-            dynamo=False,
-            dynamic_axes={"sparse": {0: "prompts", 1: "tokens"}},
-        )
-    return buf.getvalue()
+    return export_onnx(
+        _Traced(sam, prefix.size),
+        inputs,
+        list(_INPUTS),
+        ["masks", "iou"],
+        {"sparse": {0: "prompts", 1: "tokens"}},
+    )
 
 
-class OrtDecoder:
-    """The folded decoder on ONNX Runtime (see the module docstring).
+class OrtGraph:
+    """An exported graph and its ONNX Runtime sessions, one per intra-op thread count.
 
-    Args:
-        sam: the model (its prompt encoder and mask decoder).
-        model_id: the model's identity (the in-process cache of exported graphs is keyed by it).
+    Sessions never spin-wait and keep no memory arena (see the module docstring). The session
+    with one thread is made at once, so a graph that does not load fails the start.
     """
 
-    def __init__(self, sam: Sam, model_id: str) -> None:
-        from samserve.core.prefix import build_prefix
-
-        self.sam = sam
-        grid = sam.prompt_encoder.image_embedding_size
-        self.size = (int(grid[0]), int(grid[1]))
-        with _GRAPHS_LOCK:
-            graph = _GRAPHS.get(model_id)
-            if graph is None:
-                with torch.inference_mode():
-                    dense_pe = sam.prompt_encoder.get_dense_pe()
-                    features = torch.zeros(1, dense_pe.shape[1], *self.size)
-                    example = build_prefix(sam, features, dense_pe)
-                graph = _GRAPHS[model_id] = export_graph(sam, example)
-        self._graph = graph
+    def __init__(self, graph: bytes) -> None:
+        self.graph = graph
         self._sessions: dict[int, Any] = {}
         self._lock = threading.Lock()
-        self.session(1)  # a broken graph fails the start, not the first call
+        self.session(1)
 
     def session(self, threads: int) -> Any:
         """The session running on ``threads`` intra-op threads (made on first use)."""
@@ -175,10 +187,40 @@ class OrtDecoder:
                 # instead of staying reserved by the session (same speed, measured).
                 options.enable_cpu_mem_arena = False
                 found = ort.InferenceSession(
-                    self._graph, options, providers=["CPUExecutionProvider"]
+                    self.graph, options, providers=["CPUExecutionProvider"]
                 )
                 self._sessions[threads] = found
         return found
+
+    def run(self, feeds: dict[str, Any]) -> list[Any]:
+        """The graph's outputs, on as many threads as the calling worker's torch threads."""
+        outputs: list[Any] = self.session(max(1, torch.get_num_threads())).run(None, feeds)
+        return outputs
+
+
+class OrtDecoder:
+    """The folded decoder on ONNX Runtime (see the module docstring).
+
+    Args:
+        sam: the model (its prompt encoder and mask decoder).
+        model_id: the model's identity (the in-process cache of exported graphs is keyed by it).
+    """
+
+    def __init__(self, sam: Sam, model_id: str) -> None:
+        from samserve.core.prefix import build_prefix
+
+        self.sam = sam
+        grid = sam.prompt_encoder.image_embedding_size
+        self.size = (int(grid[0]), int(grid[1]))
+
+        def export() -> bytes:
+            with torch.inference_mode():
+                dense_pe = sam.prompt_encoder.get_dense_pe()
+                features = torch.zeros(1, dense_pe.shape[1], *self.size)
+                example = build_prefix(sam, features, dense_pe)
+            return export_graph(sam, example)
+
+        self.graph = OrtGraph(exported(f"{model_id}:folded", export))
 
     def __call__(
         self, prefix: ImagePrefix, sparse: Tensor, multimask_output: bool
@@ -196,6 +238,6 @@ class OrtDecoder:
             "t2i_v": prefix.t2i_v.numpy(),
             "i2t_q": prefix.i2t_q.numpy(),
         }
-        masks, iou = self.session(max(1, torch.get_num_threads())).run(None, feeds)
+        masks, iou = self.graph.run(feeds)
         kept = mask_outputs(multimask_output)
         return torch.from_numpy(masks[:, kept]), torch.from_numpy(iou[:, kept])

@@ -12,6 +12,7 @@ is :class:`~samserve.core.decoder.Decoder`'s.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,13 @@ from torch import Tensor
 
 from samserve.core import amg
 from samserve.core.decoder import DEFAULT_WORK_BYTES, Decoder, Prediction, PromptSpec
-from samserve.core.decoder_runtime import PrefixDecode
+from samserve.core.decoder_runtime import (
+    OrtGraph,
+    PrefixDecode,
+    export_onnx,
+    exported,
+    resolve_runtime,
+)
 from samserve.core.fullres import Cancel, masks_per_piece
 from samserve.core.prefix import ImagePrefix, ReadyEmbedding
 from samserve.core.sam2.amg import Sam2AmgParams, Sam2EverythingRun
@@ -45,6 +52,87 @@ def prepare_sam2(emb: Embedding) -> ReadyEmbedding:
     )
 
 
+class Sam2OrtDecoder:
+    """SAM 2's ``sam_mask_decoder`` for one prompt on ONNX Runtime (``--decoder-runtime``).
+
+    The official module is exported once per model and output choice (one mask or three: the
+    single-mask graph keeps SAM 2.1's choice by stability), with the image embedding, both
+    high-resolution maps and the prompt embeddings as inputs; prompt tokens are dynamic. A
+    batch of prompts (segment everything) runs the official module in torch.
+    """
+
+    def __init__(self, model: Any, model_id: str, dense_pe: Tensor) -> None:
+        self.dense_pe = dense_pe.numpy()
+        c = int(dense_pe.shape[1])
+        h, w = (int(x) for x in dense_pe.shape[-2:])
+        example = (
+            torch.zeros(1, c, h, w),
+            dense_pe,
+            torch.zeros(1, 2, c),
+            torch.zeros(1, c, h, w),
+            torch.zeros(1, c // 8, 4 * h, 4 * w),
+            torch.zeros(1, c // 4, 2 * h, 2 * w),
+        )
+        self.graphs = {
+            multimask: OrtGraph(
+                exported(
+                    f"{model_id}:sam2-decoder-{'multi' if multimask else 'single'}",
+                    functools.partial(self._export, model, example, multimask),
+                )
+            )
+            for multimask in (True, False)
+        }
+
+    @staticmethod
+    def _export(model: Any, example: tuple[Tensor, ...], multimask: bool) -> bytes:
+        return export_onnx(
+            _Sam2MaskDecoder(model, multimask),
+            example,
+            ["features", "image_pe", "sparse", "dense", "high_res_0", "high_res_1"],
+            ["masks", "iou"],
+            {"sparse": {1: "tokens"}},
+        )
+
+    def __call__(
+        self, features: Tensor, sparse: Tensor, dense: Tensor, high_res: tuple[Tensor, ...],
+        multimask_output: bool,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        feeds = {
+            "features": features.numpy(),
+            "image_pe": self.dense_pe,
+            "sparse": sparse.detach().numpy(),
+            "dense": dense.detach().numpy(),
+            "high_res_0": high_res[0].numpy(),
+            "high_res_1": high_res[1].numpy(),
+        }
+        masks, iou = self.graphs[multimask_output].run(feeds)
+        return torch.from_numpy(masks), torch.from_numpy(iou)
+
+
+class _Sam2MaskDecoder(torch.nn.Module):
+    """``sam_mask_decoder`` for one prompt, as ``SAM2ImagePredictor._predict`` calls it."""
+
+    def __init__(self, model: Any, multimask_output: bool) -> None:
+        super().__init__()
+        self.decoder = model.sam_mask_decoder
+        self.multimask_output = multimask_output
+
+    def forward(
+        self, features: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor,
+        high_res_0: Tensor, high_res_1: Tensor,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        low_res, iou, _, _ = self.decoder(
+            image_embeddings=features,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=self.multimask_output,
+            repeat_image=False,
+            high_res_features=[high_res_0, high_res_1],
+        )
+        return low_res, iou
+
+
 def decode_sam2(
     model: Any,
     dense_pe: Tensor,
@@ -53,12 +141,13 @@ def decode_sam2(
     boxes: Tensor | None,
     mask_input: Tensor | None,
     multimask_output: bool,
+    runtime: Sam2OrtDecoder | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``SAM2ImagePredictor._predict`` up to the mask decoder: (B, K, 256, 256) unclamped
     low-resolution logits and (B, K) predicted IoU.
 
     ``points`` are (B, N, 2) coordinates already in the 1024 frame with (B, N) labels; ``boxes``
-    (B, 4) in the same frame.
+    (B, 4) in the same frame. ``runtime``: run one prompt's decoder on ONNX Runtime.
     """
     concat_points = points
     if boxes is not None:
@@ -73,6 +162,8 @@ def decode_sam2(
             concat_points = (box_coords, box_labels)
     sparse, dense = model.sam_prompt_encoder(points=concat_points, boxes=None, masks=mask_input)
     batched_mode = concat_points is not None and concat_points[0].shape[0] > 1
+    if runtime is not None and not batched_mode and sparse.shape[1] > 0:
+        return runtime(loaded.features, sparse, dense, loaded.high_res_features, multimask_output)
     low_res, iou, _, _ = model.sam_mask_decoder(
         image_embeddings=loaded.features,
         image_pe=dense_pe,
@@ -111,8 +202,10 @@ def predict_sam2(
     multimask_output: bool,
     work_bytes: int = DEFAULT_WORK_BYTES,
     mask_threshold: float = MASK_THRESHOLD,
+    runtime: Sam2OrtDecoder | None = None,
 ) -> Prediction:
-    """``SAM2ImagePredictor.predict`` for one prompt over a loaded SAM 2 embedding."""
+    """``SAM2ImagePredictor.predict`` for one prompt over a loaded SAM 2 embedding (its mask
+    decoder on ONNX Runtime when ``runtime`` is given)."""
     orig_hw = loaded.original_size
     points = None
     if prompt.points is not None and prompt.labels is not None:
@@ -129,7 +222,7 @@ def predict_sam2(
         masks_in = torch.as_tensor(prompt.mask_input, dtype=torch.float)[None, :, :, :]
     with torch.inference_mode():
         low_res, iou = decode_sam2(
-            model, dense_pe, loaded, points, boxes, masks_in, multimask_output
+            model, dense_pe, loaded, points, boxes, masks_in, multimask_output, runtime
         )
         h, w = orig_hw
         masks = np.empty((low_res.shape[1], h, w), dtype=bool)
@@ -152,11 +245,21 @@ class Sam2Decoder(Decoder):
         return dense_pe
 
     def _make_runtime(self, runtime: str) -> PrefixDecode:
-        # SAM 2's decoder runs as the official one (no prefix, no export): torch whatever asked.
+        # One prompt's mask decoder may run on ONNX Runtime; SAM 2 has no prefix decoder.
+        self._sam2_runtime = (
+            Sam2OrtDecoder(self.sam, self.model_id, self._dense_pe)
+            if resolve_runtime(runtime) == "onnxruntime"
+            else None
+        )
+
         def unused(prefix: ImagePrefix, sparse: Tensor, multimask_output: bool) -> Any:
             raise AssertionError("a SAM 2 decoder has no prefix decoder")
 
         return unused
+
+    @property
+    def runtime_label(self) -> str:
+        return "torch" if self._sam2_runtime is None else "onnxruntime"
 
     def _prepare(self, emb: Embedding) -> ReadyEmbedding:
         return prepare_sam2(emb)
@@ -172,6 +275,7 @@ class Sam2Decoder(Decoder):
             prompt,
             multimask_output,
             self.work_bytes,
+            runtime=self._sam2_runtime,
         )
 
     def _everything_run(
