@@ -10,6 +10,7 @@ while encodes run, as a headless Service does when pods come and go.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import re
 import socket
@@ -50,7 +51,7 @@ KEEPALIVE = 5.0
 #: Encodes in flight at any time.
 CONCURRENCY = 2
 #: Calls finished after the second server's first one, to see how the load is shared.
-SHARED_CALLS = 12
+SHARED_CALLS = 8
 
 
 @dataclass
@@ -88,7 +89,7 @@ def _served(triton: TritonProcess) -> int:
 
 def _start(host: str, port: int) -> TritonProcess:
     options = TritonModelOptions(
-        "tiny", "random", seed=0, device="cpu", parameters={"warmup": "false"}
+        "tiny", "random", seed=0, device="cpu", parameters={"warmup": "false", "torch_threads": "1"}
     )
     return TritonProcess.start(options, host=host, grpc_port=port)
 
@@ -113,9 +114,18 @@ async def test_a_new_triton_gets_a_share_and_a_killed_one_costs_no_call(
     succeeds, on B."""
     port = _same_free_port(HOST_A, HOST_B)
     image = resize_for_encoder(make_shapes_image(seed=11, height=120, width=160).image)
+    calls: list[Call] = []
+    stop = asyncio.Event()
+    workers: list[asyncio.Task[None]] = []
+    starting_b: asyncio.Task[TritonProcess] | None = None
+    t0 = time.monotonic()
     dns = DnsServer(NAME, [HOST_A])
-    a = _start(HOST_A, port)
-    b: TritonProcess | None = None
+    try:
+        a = _start(HOST_A, port)
+    except BaseException:
+        dns.close()
+        raise
+    print(f"A ready after {time.monotonic() - t0:.1f}s")
     encoder = TritonEncoder(
         f"dns://{dns.host}:{dns.port}/{NAME}:{port}",
         a.model_name,
@@ -124,8 +134,6 @@ async def test_a_new_triton_gets_a_share_and_a_killed_one_costs_no_call(
         keepalive=KEEPALIVE,
         channel_age=CHANNEL_AGE,
     )
-    calls: list[Call] = []
-    stop = asyncio.Event()
 
     async def worker() -> None:
         while not stop.is_set():
@@ -137,56 +145,56 @@ async def test_a_new_triton_gets_a_share_and_a_killed_one_costs_no_call(
                 error = e
             calls.append(Call(started, time.monotonic(), error))
 
-    def done_since(t: float) -> list[Call]:
+    def started_since(t: float) -> list[Call]:
+        """The calls started at ``t`` or later and finished."""
         return [c for c in calls if c.started >= t]
 
-    workers: list[asyncio.Task[None]] = []
     try:
         assert await encoder.ready()
         workers = [asyncio.create_task(worker()) for _ in range(CONCURRENCY)]
 
-        # Phase 1: A alone (while B starts, 2 cores shared: encodes slow down meanwhile).
+        # Phase 1: A alone, while B starts (on 2 shared cores: encodes slow down meanwhile).
         starting_b = asyncio.create_task(asyncio.to_thread(_start, HOST_B, port))
         await _wait_for(lambda: len(calls) >= 4, 60, "4 calls on A")
         b = await starting_b
+        print(f"B ready after {time.monotonic() - t0:.1f}s ({len(calls)} calls on A meanwhile)")
         assert [c.error for c in calls if c.error] == []
-        served_a = await asyncio.to_thread(_served, a)
-        assert await asyncio.to_thread(_served, b) == 0
-        assert served_a >= len(calls)
+        assert await asyncio.to_thread(_served, b) == 0  # same port, but not in the name yet
+        assert await asyncio.to_thread(_served, a) >= len(calls)
 
         # Phase 2: B joins the name.
-        joined = time.monotonic()
         dns.set_addresses([HOST_A, HOST_B])
-        b_then = 0
-
-        def b_served() -> bool:
-            nonlocal b_then
-            assert b is not None
-            b_then = _served(b)
-            return b_then > 0
-
-        took = await _wait_for(b_served, 30, "B's first call")
+        took = await _wait_for(lambda: _served(b) > 0, 30, "B's first call")
         slowest = max(c.ended - c.started for c in calls)
         print(f"B answered its first call {took:.2f}s after joining (slowest call {slowest:.2f}s)")
+        # The fresh channel comes with the first call a channel age after the last one; its
+        # first call may go to A; the next one, B's, takes a call's time to be counted.
         assert took <= CHANNEL_AGE + 2 * slowest + 2, f"B's first call after {took:.1f}s"
         first_b = time.monotonic()
         a0, b0 = await asyncio.gather(asyncio.to_thread(_served, a), asyncio.to_thread(_served, b))
-        await _wait_for(lambda: len(done_since(first_b)) >= SHARED_CALLS, 60, "shared calls")
+        await _wait_for(lambda: len(started_since(first_b)) >= SHARED_CALLS, 60, "shared calls")
         a1, b1 = await asyncio.gather(asyncio.to_thread(_served, a), asyncio.to_thread(_served, b))
         share = (b1 - b0) / max(1, (a1 - a0) + (b1 - b0))
         print(f"then A answered {a1 - a0}, B {b1 - b0} calls (B's share {share:.0%})")
         assert 0.2 <= share <= 0.8, f"A {a1 - a0}, B {b1 - b0}"
-        assert [c.error for c in done_since(joined) if c.error] == []
+        assert [c.error for c in calls if c.error] == []
 
         # Phase 3: A leaves the name and dies (SIGKILL) mid-traffic.
         dns.set_addresses([HOST_B])
         b_before = await asyncio.to_thread(_served, b)
         killed = time.monotonic()  # CONCURRENCY calls are in flight: the workers never rest
         await asyncio.to_thread(a.kill)
-        await _wait_for(lambda: len(done_since(killed)) >= 6, 60, "calls after the kill")
+        await _wait_for(
+            lambda: len(started_since(killed + CHANNEL_AGE)) >= 3, 60, "calls after the kill"
+        )
         stop.set()
         await asyncio.gather(*workers)
         b_after = await asyncio.to_thread(_served, b)
+        durations = sorted(c.ended - c.started for c in calls)
+        print(
+            f"{len(calls)} calls, median {durations[len(durations) // 2]:.2f}s; "
+            f"{time.monotonic() - t0:.1f}s in all"
+        )
     finally:
         stop.set()
         for task in workers:
@@ -195,12 +203,14 @@ async def test_a_new_triton_gets_a_share_and_a_killed_one_costs_no_call(
         await encoder.close()
         dns.close()
         a.kill()
-        if b is not None:
-            b.stop()
+        if starting_b is not None:
+            with contextlib.suppress(Exception):
+                # stop() would wait seconds for a graceful exit, for nothing here.
+                (await starting_b).kill()
 
     ended_after_kill = [c for c in calls if c.ended >= killed]
     failed = [c for c in ended_after_kill if c.error is not None]
-    later = [c for c in calls if c.started >= killed + CHANNEL_AGE]
+    later = started_since(killed + CHANNEL_AGE)
     print(
         f"after the kill: {len(ended_after_kill) - len(failed)} calls ok, {len(failed)} failed "
         f"(after {', '.join(f'{c.ended - killed:.2f}s' for c in failed) or '-'}); "
@@ -211,4 +221,5 @@ async def test_a_new_triton_gets_a_share_and_a_killed_one_costs_no_call(
         assert c.ended - killed <= KEEPALIVE + KEEPALIVE_TIMEOUT_S, f"{c.ended - killed:.1f}s"
     assert len(failed) <= CONCURRENCY
     assert later and all(c.error is None for c in later)
-    assert b_after - b_before >= sum(1 for c in ended_after_kill if c.error is None)
+    # A is dead: every call that succeeded after the kill was B's.
+    assert b_after - b_before >= len(ended_after_kill) - len(failed)
