@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import os
 import re
+import signal
 import socket
 import time
 import urllib.request
@@ -223,3 +225,45 @@ async def test_a_new_triton_gets_a_share_and_a_killed_one_costs_no_call(
     assert later and all(c.error is None for c in later)
     # A is dead: every call that succeeded after the kill was B's.
     assert b_after - b_before >= len(ended_after_kill) - len(failed)
+
+
+async def test_a_triton_hung_mid_call_fails_it_within_the_keepalive_timeout(
+    tiny_random: LoadedModel,
+) -> None:
+    """A Triton that stops answering while it holds a call (SIGSTOP after the request went
+    out: the kernel still acknowledges every byte, as a wedged host's may) fails that call
+    UNAVAILABLE (retried by the SDK) within keepalive + its timeout, not at the deadline."""
+    triton = _start(HOST_A, 0)
+    encoder = TritonEncoder(
+        triton.grpc_address,
+        triton.model_name,
+        timeout=30,
+        expect_model_id=tiny_random.model_id,
+        keepalive=KEEPALIVE,
+    )
+    image = resize_for_encoder(make_shapes_image(seed=12, height=120, width=160).image)
+    pid = triton.process.pid
+    try:
+        assert await encoder.ready()
+        for _ in range(5):
+            call = asyncio.create_task(encoder.encode(image))
+            await asyncio.sleep(0.2)  # the 3 MiB request is out; the encode takes longer
+            if call.done():  # too fast this time: the server was not stopped mid-call
+                await call
+                continue
+            os.kill(pid, signal.SIGSTOP)
+            stopped = time.monotonic()
+            try:
+                await call
+            except Unavailable:
+                break
+            os.kill(pid, signal.SIGCONT)  # it answered before the stop: again
+        else:
+            pytest.fail("no call was in flight when the server stopped")
+        took = time.monotonic() - stopped
+        print(f"the hung Triton's call failed after {took:.1f}s")
+        assert took <= KEEPALIVE + KEEPALIVE_TIMEOUT_S + 3, f"{took:.1f}s"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await encoder.close()
+        triton.kill()
