@@ -194,7 +194,8 @@ async def test_a_new_triton_gets_a_share_and_a_killed_one_costs_no_call(
         b_after = await asyncio.to_thread(_served, b)
         durations = sorted(c.ended - c.started for c in calls)
         print(
-            f"{len(calls)} calls, median {durations[len(durations) // 2]:.2f}s; "
+            f"{len(calls)} calls, median {durations[len(durations) // 2]:.2f}s, on "
+            f"{encoder.channels} channels ({dns.queries} A queries); "
             f"{time.monotonic() - t0:.1f}s in all"
         )
     finally:
