@@ -2,9 +2,9 @@
 again while traffic flows (gRPC's ``dns://127.0.0.1:port/name:port`` targets).
 
 It answers A queries for one name with a list of IPv4 addresses the test changes at run time
-(TTL 0, so nothing caches them); any other question about that name (AAAA, TXT such as
-gRPC's ``_grpc_config.`` lookup, SRV) gets NOERROR with no answers, and other names NXDOMAIN.
-Runs in a thread; stdlib only.
+(TTL 0, so nothing caches them); any other question about that name (AAAA, SRV, ...) gets
+NOERROR with no answers, and other names (gRPC's ``_grpc_config.<name>`` TXT lookup among
+them) NXDOMAIN: both mean "nothing here" to a resolver. Runs in a thread; stdlib only.
 """
 
 from __future__ import annotations
