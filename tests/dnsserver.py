@@ -2,9 +2,12 @@
 again while traffic flows (gRPC's ``dns://127.0.0.1:port/name:port`` targets).
 
 It answers A queries for one name with a list of IPv4 addresses the test changes at run time
-(TTL 0, so nothing caches them); any other question about that name (AAAA, SRV, ...) gets
-NOERROR with no answers, and other names (gRPC's ``_grpc_config.<name>`` TXT lookup among
-them) NXDOMAIN: both mean "nothing here" to a resolver. Runs in a thread; stdlib only.
+(TTL 0, so nothing caches them), rotated by one at each answer as CoreDNS's ``loadbalance``
+plugin (on in Kubernetes' default Corefile) does: a fresh gRPC channel's first call goes to
+the first address it finds ready, so a fixed order would favour the first. Any other question
+about that name (AAAA, SRV, ...) gets NOERROR with no answers, and other names (gRPC's
+``_grpc_config.<name>`` TXT lookup among them) NXDOMAIN: both mean "nothing here" to a
+resolver. Runs in a thread; stdlib only.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class DnsServer:
             return list(self._addresses)
 
     def set_addresses(self, addresses: list[str]) -> None:
-        """What the next A query for ``name`` gets."""
+        """What the next A query for ``name`` gets (in this order; later ones rotated)."""
         with self._lock:
             self._addresses = list(addresses)
 
@@ -99,6 +102,7 @@ class DnsServer:
             with self._lock:
                 self.queries += 1
                 addresses = list(self._addresses)
+                self._addresses = addresses[1:] + addresses[:1]
             for address in addresses:
                 # A pointer to the question's name (offset 12), type A, class IN, TTL 0.
                 answers.append(

@@ -56,7 +56,7 @@ KEEPALIVE = 5.0
 #: Encodes in flight at any time.
 CONCURRENCY = 2
 #: Calls finished after the second server's first one, to see how the load is shared.
-SHARED_CALLS = 8
+SHARED_CALLS = 10
 
 
 @dataclass
@@ -190,7 +190,9 @@ async def test_a_new_triton_gets_a_share_and_a_killed_one_costs_no_call(
         a1, b1 = await asyncio.gather(asyncio.to_thread(_served, a), asyncio.to_thread(_served, b))
         share = (b1 - b0) / max(1, (a1 - a0) + (b1 - b0))
         print(f"then A answered {a1 - a0}, B {b1 - b0} calls (B's share {share:.0%})")
-        assert 0.2 <= share <= 0.8, f"A {a1 - a0}, B {b1 - b0}"
+        # Round robin over both, on channels a second old: no strict alternation (a fresh
+        # channel's first call may go to the endpoint it finds ready first), but no side alone.
+        assert 0.15 <= share <= 0.85, f"A {a1 - a0}, B {b1 - b0}"
         assert [c.error for c in calls if c.error] == []
 
         # Phase 3: A leaves the name and dies (SIGKILL) mid-traffic.
