@@ -173,6 +173,8 @@ def test_repository_configs(variant: str, tmp_path: Path) -> None:
         ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", Unavailable),
         ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", Unavailable),
         ("StatusCode.UNAVAILABLE", "Request timeout expired", DeadlineExceeded),
+        ("StatusCode.UNAVAILABLE", "Stream removed (ping timeout)", Unavailable),
+        ("StatusCode.UNAVAILABLE", "keepalive watchdog timeout", Unavailable),
         ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", DeadlineExceeded),
         ("StatusCode.NOT_FOUND", "Request for unknown model: 'x' is not found", Unavailable),
         ("StatusCode.INVALID_ARGUMENT", "IMAGE_SIZE (h, w) must be within", RuntimeError),

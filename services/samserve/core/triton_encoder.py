@@ -62,6 +62,11 @@ def _channel_args(keepalive: float = 0.0) -> list[tuple[str, Any]]:
             # (as during a long encode): the watchdog would never run.
             ("grpc.http2.min_time_between_pings_ms", int(keepalive * 1000)),
             ("grpc.http2.min_ping_interval_without_data_ms", int(keepalive * 1000)),
+            # gRPC 1.81 does not enforce keepalive_timeout_ms on its own: a hung peer whose
+            # kernel still acknowledges the bytes (a stopped process, a wedged host) holds a
+            # call whose request is sent until the deadline. The ping timeout (default 1 min)
+            # closes the connection when any ping (keepalive or BDP) is not answered in time.
+            ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
         ]
     return [
         *pings,
@@ -313,8 +318,12 @@ class TritonEncoder:
         lowered = message.lower()
         log.warning("triton %s %s: %s %s", self.address, self.model_name, status, message)
         if status == "StatusCode.DEADLINE_EXCEEDED" or (
-            # Triton rejects a request still queued after its timeout with UNAVAILABLE.
-            status == "StatusCode.UNAVAILABLE" and "timeout" in lowered
+            # Triton rejects a request still queued after its timeout with UNAVAILABLE; gRPC's
+            # own ping or keepalive timeout (a hung Triton) is no deadline: it stays
+            # UNAVAILABLE, which the SDK retries.
+            status == "StatusCode.UNAVAILABLE"
+            and "timeout" in lowered
+            and not ("ping timeout" in lowered or "keepalive" in lowered)
         ):
             return DeadlineExceeded(f"image encoder: no result within {limit:g}s")
         if "queue" in lowered and ("exceed" in lowered or "full" in lowered):
