@@ -75,6 +75,10 @@ def channel_options() -> list[tuple[str, Any]]:
         # Detect dead peers behind idle load balancers without flooding the server.
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
+        # gRPC 1.81 does not enforce keepalive_timeout_ms once a request is sent (a hung peer's
+        # kernel still acknowledges the ping); the ping timeout then fails the call (seen on the
+        # Triton channel: tests/integration/test_triton_rebalance.py).
+        ("grpc.http2.ping_timeout_ms", 20_000),
     ]
 
 
