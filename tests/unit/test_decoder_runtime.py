@@ -103,34 +103,44 @@ def test_runtime_choice(tiny_random: LoadedModel, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.parametrize("multimask", [True, False])
-@pytest.mark.parametrize("prompt", ["point", "box", "mask"])
-def test_sam2_onnxruntime_equals_torch(multimask: bool, prompt: str) -> None:
-    """SAM 2's mask decoder for one prompt: the exported graph answers what the official
-    module answers (the single-mask graph keeps SAM 2.1's choice by stability)."""
-    from samserve.core.models import load_model
-    from samserve.core.prefix import ReadyEmbedding
-    from samserve.core.sam2.decoder import Sam2OrtDecoder, decode_sam2
+@pytest.mark.parametrize("prompt", ["point", "box", "mask", "batch"])
+@pytest.mark.parametrize("variant", ["sam2_tiny", "sam2.1_hiera_t"])
+def test_sam2_folded_and_onnxruntime_equal_the_official_decoder(
+    variant: str, multimask: bool, prompt: str
+) -> None:
+    """SAM 2's decoder over the per-image prefix, folded, in torch and on ONNX Runtime: what the
+    official module answers (SAM 2.1's single-mask choice by stability included); a mask input
+    takes the official path."""
+    import dataclasses
 
-    model = load_model("sam2_tiny", "random", seed=0)
-    gen = torch.Generator().manual_seed(5)
+    from samserve.core.models import load_model
+    from samserve.core.sam2.decoder import Sam2OrtDecoder, decode_sam2, prepare_sam2
+    from samserve.core.store import Embedding
+
+    model = load_model(variant, "random", seed=0)
+    rng = np.random.default_rng(5)
     with torch.inference_mode():
         dense_pe = model.sam.sam_prompt_encoder.get_dense_pe()
         c, h, w = dense_pe.shape[1:]
-        loaded = ReadyEmbedding(
-            torch.randn(1, c, h, w, generator=gen), None, (480, 640), (768, 1024),
-            (torch.randn(1, c // 8, 4 * h, 4 * w, generator=gen),
-             torch.randn(1, c // 4, 2 * h, 2 * w, generator=gen)),
+        emb = Embedding(
+            rng.standard_normal((c, h, w), dtype=np.float32), (480, 640), (768, 1024),
+            (rng.standard_normal((c // 8, 4 * h, 4 * w), dtype=np.float32),
+             rng.standard_normal((c // 4, 2 * h, 2 * w), dtype=np.float32)),
         )  # fmt: skip
+        ready = prepare_sam2(model.sam, dense_pe, emb)
+        official = dataclasses.replace(ready, prefix=None, high_res_pixels=())
         runtime = Sam2OrtDecoder(model.sam, model.model_id, dense_pe)
-        points = (torch.tensor([[[300.0, 400.0], [500.0, 200.0]]]), torch.tensor([[1, 0]]))
+        b = 5 if prompt == "batch" else 1
+        gen = torch.Generator().manual_seed(7)
+        points = (torch.rand(b, 2, 2, generator=gen) * 1000, torch.tensor([[1, 0]] * b))
         boxes = torch.tensor([[100.0, 150.0, 700.0, 800.0]]) if prompt == "box" else None
         mask = torch.randn(1, 1, 256, 256, generator=gen) if prompt == "mask" else None
-        args = (model.sam, dense_pe, loaded, points, boxes, mask, multimask)
-        want = decode_sam2(*args)
-        got = decode_sam2(*args, runtime=runtime)
-    assert got[0].shape == want[0].shape
-    assert torch.allclose(got[0], want[0], atol=LOGITS_ATOL, rtol=0)
-    assert torch.allclose(got[1], want[1], atol=IOU_ATOL, rtol=0)
+        want = decode_sam2(model.sam, dense_pe, official, points, boxes, mask, multimask)
+        for run in (None, runtime):
+            got = decode_sam2(model.sam, dense_pe, ready, points, boxes, mask, multimask, run)
+            assert got[0].shape == want[0].shape
+            assert torch.allclose(got[0], want[0], atol=LOGITS_ATOL, rtol=0)
+            assert torch.allclose(got[1], want[1], atol=IOU_ATOL, rtol=0)
 
 
 def test_decoders_say_where_they_run(tiny_random: LoadedModel) -> None:

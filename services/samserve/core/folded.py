@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import torch
 from segment_anything.modeling import Sam
-from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.transformer import Attention
 from torch import Tensor, nn
 from torch.nn import functional
@@ -124,7 +123,8 @@ class Upscaling:
     def of(cls, seq: nn.Sequential) -> Upscaling:
         conv1, norm, act1, conv2, act2 = seq
         assert isinstance(conv1, nn.ConvTranspose2d) and isinstance(conv2, nn.ConvTranspose2d)
-        assert isinstance(norm, LayerNorm2d)
+        # SAM 1's LayerNorm2d or SAM 2's (the same normalisation over channels).
+        assert type(norm).__name__ == "LayerNorm2d" and hasattr(norm, "eps")
         assert conv1.kernel_size == (2, 2) and conv1.stride == (2, 2)
         assert conv2.kernel_size == (2, 2) and conv2.stride == (2, 2)
         with torch.inference_mode():
@@ -133,21 +133,38 @@ class Upscaling:
             assert conv1.bias is not None and conv2.bias is not None
             b1 = conv1.bias.repeat(4)
             b2 = conv2.bias.repeat(4)
-        return cls(w1, b1, norm.weight, norm.bias, float(norm.eps), act1, w2, b2, act2)
+        weight, bias, eps = norm.weight, norm.bias, norm.eps
+        assert isinstance(weight, Tensor) and isinstance(bias, Tensor) and isinstance(eps, float)
+        return cls(w1, b1, weight, bias, eps, act1, w2, b2, act2)
 
-    def masks(self, tokens: Tensor, size: tuple[int, int], hyper: Tensor) -> Tensor:
+    def masks(
+        self,
+        tokens: Tensor,
+        size: tuple[int, int],
+        hyper: Tensor,
+        high_res: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """``(hyper @ output_upscaling(src)).view(B, M, 4h, 4w)`` where ``src`` is the image
-        tokens (B, h*w, C) laid out as (B, C, h, w), and ``hyper`` (B, M, C2)."""
+        tokens (B, h*w, C) laid out as (B, C, h, w), and ``hyper`` (B, M, C2).
+
+        ``high_res``: SAM 2's high-resolution maps from :func:`high_res_pixels`, added after
+        each transposed convolution as SAM 2's ``MaskDecoder.predict_masks`` adds them.
+        """
         b, n, _ = tokens.shape
         h, w = size
         c1 = self.norm_weight.shape[0]
         c2 = hyper.shape[-1]
         m = hyper.shape[1]
         x = torch.addmm(self.b1, tokens.reshape(b * n, -1), self.w1)  # (B*N, 4*C1)
+        if high_res is not None:
+            x = (x.view(b, -1, c1) + high_res[1]).view(-1, c1)
         x = functional.layer_norm(x.view(-1, c1), (c1,), self.norm_weight, self.norm_bias, self.eps)
         x = self.act1(x)  # (B*N*4, C1): pixels (b, y, x, dy, dx)
-        x = self.act2(torch.addmm(self.b2, x, self.w2))  # (B*N*4, 4*C2)
-        x = x.view(b, n * 16, c2)  # pixels (y, x, dy, dx, ey, ex)
+        x = torch.addmm(self.b2, x, self.w2)  # (B*N*4, 4*C2)
+        if high_res is not None:
+            x = x.view(b, -1, 4 * c2) + high_res[0]
+        x = self.act2(x)
+        x = x.reshape(b, n * 16, c2)  # pixels (y, x, dy, dx, ey, ex)
         out = torch.matmul(x, hyper.transpose(1, 2))  # (B, N*16, M)
         out = out.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return out.reshape(b, m, 4 * h, 4 * w)
@@ -156,9 +173,24 @@ class Upscaling:
 _UPSCALING: weakref.WeakKeyDictionary[nn.Module, Upscaling] = weakref.WeakKeyDictionary()
 
 
+def high_res_pixels(s0: Tensor, s1: Tensor) -> tuple[Tensor, Tensor]:
+    """SAM 2's high-resolution maps, (1, C2, 4h, 4w) and (1, C1, 2h, 2w), in the pixel order of
+    :meth:`Upscaling.masks`: (h*w*4, 4*C2) with rows (y, x, dy, dx) and columns (ey, ex, c),
+    and (h*w*4, C1) with rows (y, x, dy, dx). Once per image."""
+    c2, c1 = s0.shape[1], s1.shape[1]
+    h, w = s1.shape[2] // 2, s1.shape[3] // 2
+    p1 = s1[0].reshape(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(h * w * 4, c1)
+    p0 = s0[0].reshape(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)
+    return p0.reshape(h * w * 4, 4 * c2).contiguous(), p1.contiguous()
+
+
 def upscaling(sam: Sam) -> Upscaling:
     """The model's :class:`Upscaling` (built once per model)."""
-    seq = sam.mask_decoder.output_upscaling
+    return upscaling_of(sam.mask_decoder.output_upscaling)
+
+
+def upscaling_of(seq: nn.Sequential) -> Upscaling:
+    """:class:`Upscaling` of a decoder's ``output_upscaling`` (built once per module)."""
     found = _UPSCALING.get(seq)
     if found is None:
         found = _UPSCALING[seq] = Upscaling.of(seq)

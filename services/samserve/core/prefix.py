@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
-from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
+from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
 from torch import Tensor
 
 from samserve.core import folded
@@ -53,12 +53,14 @@ class ReadyEmbedding:
 
     Attributes:
         features: (1, 256, 64, 64) float32 image embedding.
-        prefix: the prompt-independent decoder work for it; None for a SAM 2 model, whose
-            decoder runs as the official one (``core/sam2/decoder.py``).
+        prefix: the prompt-independent decoder work for it (SAM 2's decoder transformer has
+            the same shape, ``core/sam2/decoder.py``).
         original_size: (H, W) of the image (or crop).
         input_size: (h, w) of the resized image the encoder saw.
         high_res_features: a SAM 2 model's (1, 32, 256, 256) and (1, 64, 128, 128) float32
             maps; empty for SAM 1.
+        high_res_pixels: the same maps in the folded upscaling's pixel order
+            (``folded.high_res_pixels``); empty for SAM 1.
     """
 
     features: Tensor
@@ -66,6 +68,7 @@ class ReadyEmbedding:
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     high_res_features: tuple[Tensor, ...] = ()
+    high_res_pixels: tuple[Tensor, ...] = ()
 
 
 def prepare(
@@ -82,10 +85,18 @@ def prepare(
 
 def build_prefix(sam: Sam, features: Tensor, dense_pe: Tensor) -> ImagePrefix:
     """Precompute the prompt-independent decoder work for ``features`` (1, C, H, W)."""
-    decoder = sam.mask_decoder
-    layer0 = decoder.transformer.layers[0]
+    return prefix_of(
+        sam.mask_decoder.transformer, sam.prompt_encoder.no_mask_embed.weight, features, dense_pe
+    )
+
+
+def prefix_of(
+    transformer: TwoWayTransformer, no_mask_embed: Tensor, features: Tensor, dense_pe: Tensor
+) -> ImagePrefix:
+    """:func:`build_prefix` from the parts (a SAM 2 decoder's transformer is the same shape)."""
+    layer0 = transformer.layers[0]
     h, w = features.shape[-2:]
-    no_mask = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
+    no_mask = no_mask_embed.reshape(1, -1, 1, 1).expand(1, -1, h, w)
     with torch.inference_mode():
         src = features + no_mask
         keys = src.flatten(2).permute(0, 2, 1)
@@ -146,13 +157,44 @@ def decode(
         Low-resolution mask logits (B, K, 256, 256) and predicted IoU (B, K).
     """
     decoder = sam.mask_decoder
-    transformer = decoder.transformer
     b = sparse.shape[0]
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
     tokens = torch.cat((output_tokens, sparse), dim=1)
+    fold = fold and folded.foldable(
+        decoder.transformer.layers[0].cross_attn_image_to_token, tokens.shape[1]
+    )
+    hs, keys = transform(decoder.transformer, prefix, tokens, fold)
+
+    # MaskDecoder.predict_masks after the transformer (only the masks asked for, when folded).
+    iou_token_out = hs[:, 0, :]
+    mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]
+    h, w = prefix.size
+    mask_slice = mask_outputs(multimask_output) if not all_masks else slice(None)
+    iou_pred = decoder.iou_prediction_head(iou_token_out)
+    if fold:
+        mlps = list(enumerate(decoder.output_hypernetworks_mlps))[mask_slice]
+        hyper = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in mlps], dim=1)
+        masks = folded.upscaling(sam).masks(keys, (h, w), hyper)
+        return masks, iou_pred[:, mask_slice]
+    src = keys.transpose(1, 2).reshape(b, -1, h, w)
+    upscaled = decoder.output_upscaling(src)
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
+        dim=1,
+    )
+    _, c, uh, uw = upscaled.shape
+    masks = (hyper_in @ upscaled.view(b, c, uh * uw)).view(b, -1, uh, uw)
+    return masks[:, mask_slice, :, :], iou_pred[:, mask_slice]
+
+
+def transform(
+    transformer: TwoWayTransformer, prefix: ImagePrefix, tokens: Tensor, fold: bool
+) -> tuple[Tensor, Tensor]:
+    """``TwoWayTransformer.forward`` for prompt-side ``tokens`` (output tokens then sparse
+    prompt embeddings, (B, T, C)) over the image of ``prefix``: the processed tokens and image
+    tokens. ``fold``: fold attention's image-side projections (see :func:`decode`)."""
     layer = transformer.layers[0]
-    fold = fold and folded.foldable(layer.cross_attn_image_to_token, tokens.shape[1])
 
     # Layer 0 (skip_first_layer_pe), with the image-side projections from the prefix.
     queries = layer.self_attn(q=tokens, k=tokens, v=tokens)
@@ -182,28 +224,8 @@ def decode(
         for layer in transformer.layers[1:]:
             queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=key_pe)
         attn_out = final(q=queries + tokens, k=keys + key_pe, v=keys)
-    hs = transformer.norm_final_attn(queries + attn_out)
-
-    # MaskDecoder.predict_masks after the transformer (only the masks asked for, when folded).
-    iou_token_out = hs[:, 0, :]
-    mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]
-    h, w = prefix.size
-    mask_slice = mask_outputs(multimask_output) if not all_masks else slice(None)
-    iou_pred = decoder.iou_prediction_head(iou_token_out)
-    if fold:
-        mlps = list(enumerate(decoder.output_hypernetworks_mlps))[mask_slice]
-        hyper = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in mlps], dim=1)
-        masks = folded.upscaling(sam).masks(keys, (h, w), hyper)
-        return masks, iou_pred[:, mask_slice]
-    src = keys.transpose(1, 2).reshape(b, -1, h, w)
-    upscaled = decoder.output_upscaling(src)
-    hyper_in = torch.stack(
-        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
-        dim=1,
-    )
-    _, c, uh, uw = upscaled.shape
-    masks = (hyper_in @ upscaled.view(b, c, uh * uw)).view(b, -1, uh, uw)
-    return masks[:, mask_slice, :, :], iou_pred[:, mask_slice]
+    hs: Tensor = transformer.norm_final_attn(queries + attn_out)
+    return hs, keys
 
 
 def mask_outputs(multimask_output: bool) -> slice:

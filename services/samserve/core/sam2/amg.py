@@ -78,6 +78,7 @@ class Sam2EverythingRun(amg.EverythingRun):
         dense_pe: the prompt encoder's dense positional encoding.
         params: validated parameters.
         original_size, crops, work_bytes: as for :class:`~samserve.core.amg.EverythingRun`.
+        sam2_runtime: the folded decoder on ONNX Runtime (``Sam2OrtDecoder``), or None: torch.
     """
 
     def __init__(
@@ -89,8 +90,10 @@ class Sam2EverythingRun(amg.EverythingRun):
         original_size: tuple[int, int],
         crops: list[tuple[list[int], int, ReadyEmbedding]],
         work_bytes: int,
+        sam2_runtime: Any = None,
     ) -> None:
         super().__init__(model, params, original_size, crops, work_bytes)
+        self.sam2_runtime = sam2_runtime
         self.sam2_params = params
         self.transforms = sam2_transforms
         self.dense_pe = dense_pe
@@ -116,7 +119,7 @@ class Sam2EverythingRun(amg.EverythingRun):
             m = None if mask_input is None else mask_input[start : start + step]
             low_res, iou = decode_sam2(
                 self.sam, self.dense_pe, emb, (c[:, None, :], labels[:, None]), None, m,
-                multimask_output,
+                multimask_output, self.sam2_runtime,
             )  # fmt: skip
             logits.append(low_res)
             ious.append(iou)

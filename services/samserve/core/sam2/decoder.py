@@ -6,6 +6,10 @@ official ``SAM2Transforms`` coordinate transform (normalised by the original siz
 to 1024), a box as two points labelled 2 and 3 placed before the clicks, the official
 ``sam_prompt_encoder`` and ``sam_mask_decoder`` (high-resolution features included), bilinear
 upsampling to the original size and the returned low-resolution logits clamped to [-32, 32].
+Prompts without a mask input take SAM 1's treatment: the per-image prefix and folded attention
+(SAM 2's decoder transformer has the same shape; the upscaling adds the high-resolution maps in
+the folded pixel order), on ONNX Runtime by default (``--decoder-runtime``); results equal the
+official module's up to float32 rounding (``tests/unit/test_decoder_runtime.py``).
 Everything else (the LRU, admission, refinement sessions, the segment-everything job runner)
 is :class:`~samserve.core.decoder.Decoder`'s.
 """
@@ -20,7 +24,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
-from samserve.core import amg
+from samserve.core import amg, folded
 from samserve.core.decoder import DEFAULT_WORK_BYTES, Decoder, Prediction, PromptSpec
 from samserve.core.decoder_runtime import (
     OrtGraph,
@@ -30,7 +34,7 @@ from samserve.core.decoder_runtime import (
     resolve_runtime,
 )
 from samserve.core.fullres import Cancel, masks_per_piece
-from samserve.core.prefix import ImagePrefix, ReadyEmbedding
+from samserve.core.prefix import ImagePrefix, ReadyEmbedding, prefix_of, transform
 from samserve.core.sam2.amg import Sam2AmgParams, Sam2EverythingRun
 from samserve.core.sam2.encoder import transforms
 from samserve.core.store import Embedding
@@ -39,98 +43,151 @@ from samserve.core.store import Embedding
 MASK_THRESHOLD = 0.0
 
 
-def prepare_sam2(emb: Embedding) -> ReadyEmbedding:
-    """Float32 tensors of a stored SAM 2 entry (no prefix: SAM 2's decoder runs as is)."""
+def prepare_sam2(model: Any, dense_pe: Tensor, emb: Embedding) -> ReadyEmbedding:
+    """Float32 tensors of a stored SAM 2 entry, with the decoder's per-image prefix and the
+    high-resolution maps in the folded upscaling's order."""
+    features = torch.from_numpy(emb.features.astype(np.float32))[None]
+    high_res = tuple(torch.from_numpy(t.astype(np.float32))[None] for t in emb.high_res_features)
+    with torch.inference_mode():
+        prefix = prefix_of(
+            model.sam_mask_decoder.transformer,
+            model.sam_prompt_encoder.no_mask_embed.weight,
+            features,
+            dense_pe,
+        )
+        pixels = folded.high_res_pixels(*high_res) if len(high_res) == 2 else ()
     return ReadyEmbedding(
-        features=torch.from_numpy(emb.features.astype(np.float32))[None],
-        prefix=None,
+        features=features,
+        prefix=prefix,
         original_size=emb.original_size,
         input_size=emb.input_size,
-        high_res_features=tuple(
-            torch.from_numpy(t.astype(np.float32))[None] for t in emb.high_res_features
-        ),
+        high_res_features=high_res,
+        high_res_pixels=pixels,
     )
 
 
-class Sam2OrtDecoder:
-    """SAM 2's ``sam_mask_decoder`` for one prompt on ONNX Runtime (``--decoder-runtime``).
+def foldable_sam2(model: Any, tokens: int) -> bool:
+    """Whether the folded decoder pays for a prompt of ``tokens`` sparse embeddings."""
+    dec = model.sam_mask_decoder
+    output_tokens = dec.num_mask_tokens + 1 + int(dec.pred_obj_scores)
+    attn = dec.transformer.layers[0].cross_attn_image_to_token
+    return dec.use_high_res_features and folded.foldable(attn, output_tokens + tokens)
 
-    The official module is exported once per model and output choice (one mask or three: the
-    single-mask graph keeps SAM 2.1's choice by stability), with the image embedding, both
-    high-resolution maps and the prompt embeddings as inputs; prompt tokens are dynamic. A
-    batch of prompts (segment everything) runs the official module in torch.
+
+def decode_sam2_folded(
+    model: Any,
+    prefix: ImagePrefix,
+    high_res_pixels: tuple[Tensor, ...],
+    sparse: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """SAM 2's ``MaskDecoder.predict_masks`` for prompts without a mask input, over the image
+    of ``prefix``, folded (``core/folded.py``): all four masks' (B, 4, 256, 256) logits and
+    (B, 4) predicted IoU. :func:`select_masks` then picks what ``forward`` returns."""
+    dec = model.sam_mask_decoder
+    b = sparse.shape[0]
+    weights = [dec.iou_token.weight, dec.mask_tokens.weight]
+    if dec.pred_obj_scores:
+        weights.insert(0, dec.obj_score_token.weight)
+    s = int(dec.pred_obj_scores)
+    tokens = torch.cat([torch.cat(weights, dim=0).unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
+    hs, keys = transform(dec.transformer, prefix, tokens, True)
+    mask_tokens_out = hs[:, s + 1 : s + 1 + dec.num_mask_tokens, :]
+    hyper = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
+        dim=1,
+    )
+    pixels = (high_res_pixels[0], high_res_pixels[1])
+    masks = folded.upscaling_of(dec.output_upscaling).masks(keys, prefix.size, hyper, pixels)
+    iou: Tensor = dec.iou_prediction_head(hs[:, s, :])
+    return masks, iou
+
+
+def select_masks(
+    model: Any, masks: Tensor, iou: Tensor, multimask_output: bool
+) -> tuple[Tensor, Tensor]:
+    """What SAM 2's ``MaskDecoder.forward`` returns from all four masks: the three multimask
+    outputs, or one (SAM 2.1: the best of them when the single-mask output is unstable)."""
+    dec = model.sam_mask_decoder
+    if multimask_output:
+        return masks[:, 1:], iou[:, 1:]
+    if dec.dynamic_multimask_via_stability and not dec.training:
+        chosen: tuple[Tensor, Tensor] = dec._dynamic_multimask_via_stability(masks, iou)
+        return chosen
+    return masks[:, 0:1], iou[:, 0:1]
+
+
+class Sam2OrtDecoder:
+    """:func:`decode_sam2_folded` on ONNX Runtime (``--decoder-runtime``).
+
+    Exported once per model with the per-image prefix and the high-resolution maps as inputs;
+    prompts and prompt tokens are dynamic.
     """
 
     def __init__(self, model: Any, model_id: str, dense_pe: Tensor) -> None:
-        self.dense_pe = dense_pe.numpy()
+        self.model = model
         c = int(dense_pe.shape[1])
         h, w = (int(x) for x in dense_pe.shape[-2:])
-        example = (
-            torch.zeros(1, c, h, w),
-            dense_pe,
-            torch.zeros(1, 2, c),
-            torch.zeros(1, c, h, w),
-            torch.zeros(1, c // 8, 4 * h, 4 * w),
-            torch.zeros(1, c // 4, 2 * h, 2 * w),
+        with torch.inference_mode():
+            example = prepare_sam2(
+                model,
+                dense_pe,
+                Embedding(
+                    np.zeros((c, h, w), np.float32), (4 * h, 4 * w), (16 * h, 16 * w),
+                    (np.zeros((c // 8, 4 * h, 4 * w), np.float32),
+                     np.zeros((c // 4, 2 * h, 2 * w), np.float32)),
+                ),
+            )  # fmt: skip
+        self.size = (h, w)
+        self.graph = OrtGraph(
+            exported(f"{model_id}:sam2-folded", functools.partial(self._export, example))
         )
-        self.graphs = {
-            multimask: OrtGraph(
-                exported(
-                    f"{model_id}:sam2-decoder-{'multi' if multimask else 'single'}",
-                    functools.partial(self._export, model, example, multimask),
-                )
-            )
-            for multimask in (True, False)
-        }
 
-    @staticmethod
-    def _export(model: Any, example: tuple[Tensor, ...], multimask: bool) -> bytes:
+    def _export(self, example: ReadyEmbedding) -> bytes:
+        assert example.prefix is not None
+        p = example.prefix
+        sparse = torch.zeros(2, 2, p.keys.shape[-1])  # neither dynamic axis traced as 1
         return export_onnx(
-            _Sam2MaskDecoder(model, multimask),
-            example,
-            ["features", "image_pe", "sparse", "dense", "high_res_0", "high_res_1"],
+            _Sam2Folded(self.model, p.size),
+            (sparse, p.keys, p.key_pe, p.t2i_k, p.t2i_v, p.i2t_q, *example.high_res_pixels),
+            ["sparse", "keys", "key_pe", "t2i_k", "t2i_v", "i2t_q", "s0", "s1"],
             ["masks", "iou"],
-            {"sparse": {1: "tokens"}},
+            {"sparse": {0: "prompts", 1: "tokens"}},
         )
 
     def __call__(
-        self, features: Tensor, sparse: Tensor, dense: Tensor, high_res: tuple[Tensor, ...],
-        multimask_output: bool,
-    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        self, prefix: ImagePrefix, high_res_pixels: tuple[Tensor, ...], sparse: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """:func:`decode_sam2_folded`, on ONNX Runtime."""
+        if prefix.size != self.size:
+            return decode_sam2_folded(self.model, prefix, high_res_pixels, sparse)
         feeds = {
-            "features": features.numpy(),
-            "image_pe": self.dense_pe,
             "sparse": sparse.detach().numpy(),
-            "dense": dense.detach().numpy(),
-            "high_res_0": high_res[0].numpy(),
-            "high_res_1": high_res[1].numpy(),
+            "keys": prefix.keys.numpy(),
+            "key_pe": prefix.key_pe.numpy(),
+            "t2i_k": prefix.t2i_k.numpy(),
+            "t2i_v": prefix.t2i_v.numpy(),
+            "i2t_q": prefix.i2t_q.numpy(),
+            "s0": high_res_pixels[0].numpy(),
+            "s1": high_res_pixels[1].numpy(),
         }
-        masks, iou = self.graphs[multimask_output].run(feeds)
+        masks, iou = self.graph.run(feeds)
         return torch.from_numpy(masks), torch.from_numpy(iou)
 
 
-class _Sam2MaskDecoder(torch.nn.Module):
-    """``sam_mask_decoder`` for one prompt, as ``SAM2ImagePredictor._predict`` calls it."""
+class _Sam2Folded(torch.nn.Module):
+    """:func:`decode_sam2_folded` with the prefix and maps as inputs, for export."""
 
-    def __init__(self, model: Any, multimask_output: bool) -> None:
+    def __init__(self, model: Any, size: tuple[int, int]) -> None:
         super().__init__()
-        self.decoder = model.sam_mask_decoder
-        self.multimask_output = multimask_output
+        self.model = model
+        self.size = size
 
     def forward(
-        self, features: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor,
-        high_res_0: Tensor, high_res_1: Tensor,
+        self, sparse: Tensor, keys: Tensor, key_pe: Tensor, t2i_k: Tensor, t2i_v: Tensor,
+        i2t_q: Tensor, s0: Tensor, s1: Tensor,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
-        low_res, iou, _, _ = self.decoder(
-            image_embeddings=features,
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=self.multimask_output,
-            repeat_image=False,
-            high_res_features=[high_res_0, high_res_1],
-        )
-        return low_res, iou
+        prefix = ImagePrefix(keys, key_pe, t2i_k, t2i_v, i2t_q, self.size)
+        return decode_sam2_folded(self.model, prefix, (s0, s1), sparse)
 
 
 def decode_sam2(
@@ -147,7 +204,8 @@ def decode_sam2(
     low-resolution logits and (B, K) predicted IoU.
 
     ``points`` are (B, N, 2) coordinates already in the 1024 frame with (B, N) labels; ``boxes``
-    (B, 4) in the same frame. ``runtime``: run one prompt's decoder on ONNX Runtime.
+    (B, 4) in the same frame. Prompts without a mask input run the folded decoder over the
+    per-image prefix (on ``runtime``, ONNX Runtime, when given); others the official one.
     """
     concat_points = points
     if boxes is not None:
@@ -162,8 +220,15 @@ def decode_sam2(
             concat_points = (box_coords, box_labels)
     sparse, dense = model.sam_prompt_encoder(points=concat_points, boxes=None, masks=mask_input)
     batched_mode = concat_points is not None and concat_points[0].shape[0] > 1
-    if runtime is not None and not batched_mode and sparse.shape[1] > 0:
-        return runtime(loaded.features, sparse, dense, loaded.high_res_features, multimask_output)
+    if (
+        mask_input is None
+        and loaded.prefix is not None
+        and loaded.high_res_pixels
+        and foldable_sam2(model, sparse.shape[1])
+    ):
+        run = runtime or functools.partial(decode_sam2_folded, model)
+        masks, iou = run(loaded.prefix, loaded.high_res_pixels, sparse)
+        return select_masks(model, masks, iou, multimask_output)
     low_res, iou, _, _ = model.sam_mask_decoder(
         image_embeddings=loaded.features,
         image_pe=dense_pe,
@@ -262,7 +327,7 @@ class Sam2Decoder(Decoder):
         return "torch" if self._sam2_runtime is None else "onnxruntime"
 
     def _prepare(self, emb: Embedding) -> ReadyEmbedding:
-        return prepare_sam2(emb)
+        return prepare_sam2(self.sam, self._dense_pe, emb)
 
     def _predict(
         self, loaded: ReadyEmbedding, prompt: PromptSpec, multimask_output: bool
@@ -288,5 +353,5 @@ class Sam2Decoder(Decoder):
             params = Sam2AmgParams.from_sam1(params)
         return Sam2EverythingRun(
             self.sam, self._transforms, self._dense_pe, params, original_size, crops,
-            self.work_bytes,
+            self.work_bytes, self._sam2_runtime,
         )  # fmt: skip
