@@ -407,7 +407,9 @@ class DecoderSettings(Settings):
         "memory budget of one decoder job's full-resolution work (masks are upsampled and "
         "encoded a few at a time within it), bytes",
     )
-    lru_entries: int = setting(32, "decoded embeddings a decoder keeps in memory (~14 MiB each)")
+    lru_entries: int = setting(
+        32, "decoded embeddings a decoder keeps in memory (~14 MiB each; ~26 MiB for SAM 2.1)"
+    )
     max_queued_prompts: int = setting(
         16, "prompts allowed to wait for a decoder thread; past it, RESOURCE_EXHAUSTED at once"
     )

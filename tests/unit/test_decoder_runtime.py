@@ -114,7 +114,12 @@ def test_sam2_folded_and_onnxruntime_equal_the_official_decoder(
     import dataclasses
 
     from samserve.core.models import load_model
-    from samserve.core.sam2.decoder import Sam2OrtDecoder, decode_sam2, prepare_sam2
+    from samserve.core.sam2.decoder import (
+        Sam2OrtDecoder,
+        decode_sam2,
+        high_res_features,
+        prepare_sam2,
+    )
     from samserve.core.store import Embedding
 
     model = load_model(variant, "random", seed=0)
@@ -128,7 +133,13 @@ def test_sam2_folded_and_onnxruntime_equal_the_official_decoder(
              rng.standard_normal((c // 4, 2 * h, 2 * w), dtype=np.float32)),
         )  # fmt: skip
         ready = prepare_sam2(model.sam, dense_pe, emb)
-        official = dataclasses.replace(ready, prefix=None, high_res_pixels=())
+        maps = tuple(torch.from_numpy(t)[None] for t in emb.high_res_features)
+        assert all(
+            torch.equal(a, b) for a, b in zip(high_res_features(ready), maps, strict=True)
+        )  # the maps kept in folded order come back bit for bit
+        official = dataclasses.replace(
+            ready, prefix=None, high_res_features=maps, high_res_pixels=()
+        )
         runtime = Sam2OrtDecoder(model.sam, model.model_id, dense_pe)
         b = 5 if prompt == "batch" else 1
         gen = torch.Generator().manual_seed(7)

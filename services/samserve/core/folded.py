@@ -184,6 +184,17 @@ def high_res_pixels(s0: Tensor, s1: Tensor) -> tuple[Tensor, Tensor]:
     return p0.reshape(h * w * 4, 4 * c2).contiguous(), p1.contiguous()
 
 
+def high_res_maps(p0: Tensor, p1: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The inverse of :func:`high_res_pixels` for an (h, w) grid: the (1, C2, 4h, 4w) and
+    (1, C1, 2h, 2w) maps again (bit for bit: a permutation)."""
+    h, w = size
+    c1 = p1.shape[1]
+    c2 = p0.shape[1] // 4
+    s1 = p1.reshape(h, w, 2, 2, c1).permute(4, 0, 2, 1, 3).reshape(1, c1, 2 * h, 2 * w)
+    s0 = p0.reshape(h, w, 2, 2, 2, 2, c2).permute(6, 0, 2, 4, 1, 3, 5)
+    return s0.reshape(1, c2, 4 * h, 4 * w), s1
+
+
 def upscaling(sam: Sam) -> Upscaling:
     """The model's :class:`Upscaling` (built once per model)."""
     return upscaling_of(sam.mask_decoder.output_upscaling)

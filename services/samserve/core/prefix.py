@@ -47,7 +47,8 @@ class ImagePrefix:
 
 @dataclass(frozen=True, slots=True)
 class ReadyEmbedding:
-    """A stored embedding made ready for decoding: what the decoder's LRU holds (~14 MiB).
+    """A stored embedding made ready for decoding: what the decoder's LRU holds (~14 MiB; SAM
+    2.1: ~26 MiB).
 
     Used for whole images and for segment-everything's crops alike.
 

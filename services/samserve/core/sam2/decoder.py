@@ -56,14 +56,25 @@ def prepare_sam2(model: Any, dense_pe: Tensor, emb: Embedding) -> ReadyEmbedding
             dense_pe,
         )
         pixels = folded.high_res_pixels(*high_res) if len(high_res) == 2 else ()
+    # The maps are kept once, in the folded order (an LRU entry is ~26 MiB, not ~38);
+    # the official path (a mask input) puts them back (:func:`high_res_features`).
     return ReadyEmbedding(
         features=features,
         prefix=prefix,
         original_size=emb.original_size,
         input_size=emb.input_size,
-        high_res_features=high_res,
+        high_res_features=() if pixels else high_res,
         high_res_pixels=pixels,
     )
+
+
+def high_res_features(loaded: ReadyEmbedding) -> list[Tensor]:
+    """The high-resolution maps in the official layout, (1, C2, 4h, 4w) and (1, C1, 2h, 2w)."""
+    if loaded.high_res_features or not loaded.high_res_pixels:
+        return list(loaded.high_res_features)
+    size = (int(loaded.features.shape[-2]), int(loaded.features.shape[-1]))
+    p0, p1 = loaded.high_res_pixels
+    return list(folded.high_res_maps(p0, p1, size))
 
 
 def foldable_sam2(model: Any, tokens: int) -> bool:
@@ -236,7 +247,7 @@ def decode_sam2(
         dense_prompt_embeddings=dense,
         multimask_output=multimask_output,
         repeat_image=batched_mode,
-        high_res_features=list(loaded.high_res_features),
+        high_res_features=high_res_features(loaded),
     )
     return low_res, iou
 
