@@ -21,7 +21,7 @@ from samserve.core.encoder import Encoder
 from samserve.core.errors import ConfigError, InvalidInput
 from samserve.core.models import ALL, DECODER, SHIPPED_TINY, LoadedModel, load_model
 from samserve.core.variants import family_of
-from samserve.rpc.server import drain, wait_for_signal
+from samserve.rpc.server import StopSignal, drain
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,9 @@ async def serve(ns: argparse.Namespace) -> None:
         )
     else:
         service = await start_decoder(model, store, limits, server, DecoderSettings.from_args(ns))
+    stop = StopSignal()
     log.info("%s serving on %s, metrics %s", service.name, service.address, service.metrics_url)
     try:
-        await wait_for_signal()
+        await stop.wait()
     finally:
         await drain([service], server.grace)

@@ -30,7 +30,7 @@ from samserve.core.encoder import Encoder
 from samserve.core.errors import ConfigError
 from samserve.core.models import ALL, DECODER, LoadedModel
 from samserve.procs.redis import RedisProcess
-from samserve.rpc.server import RunningService, drain, wait_for_signal
+from samserve.rpc.server import RunningService, StopSignal, drain
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ async def up(ns: argparse.Namespace) -> None:
         emb, dec = services
         if server.tls:
             extra["tls"] = True
+        stop = StopSignal()
         sys.stdout.write(_ready_line(emb, dec, redis_url, model, extra) + "\n")
         sys.stdout.flush()
-        await wait_for_signal()
+        await stop.wait()

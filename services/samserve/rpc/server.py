@@ -186,17 +186,24 @@ class RunningService:
         log.info("%s stopped", self.name)
 
 
-async def wait_for_signal() -> None:
-    """Return on the first SIGINT or SIGTERM."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
+class StopSignal:
+    """SIGINT and SIGTERM, caught from construction on: make it before a ready line goes out,
+    so a signal sent the moment a caller reads that line is never missed (it would otherwise
+    meet Python's default handler, a KeyboardInterrupt in the middle of the event loop)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+            self._loop.add_signal_handler(sig, self._stop.set)
+
+    async def wait(self) -> None:
+        """Return on the first SIGINT or SIGTERM (since construction)."""
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.remove_signal_handler(sig)
 
 
 async def drain(services: Sequence[RunningService], grace: float) -> None:
