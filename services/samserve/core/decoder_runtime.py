@@ -18,6 +18,7 @@ one, or more prompt tokens than folding pays for.
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 import warnings
@@ -37,7 +38,8 @@ PrefixDecode = Callable[[ImagePrefix, Tensor, bool], tuple[Tensor, Tensor]]
 
 RUNTIMES = ("auto", "onnxruntime", "torch")
 
-_INPUTS = ("sparse", "keys", "key_pe", "t2i_k", "t2i_v", "i2t_q")
+#: The inputs a :class:`PrefixGraph` starts with.
+PREFIX_INPUTS = ("sparse", "keys", "key_pe", "t2i_k", "t2i_v", "i2t_q")
 
 #: Exported graphs by model id: one export per model per process (tests start many decoders).
 _GRAPHS: dict[str, bytes] = {}
@@ -92,20 +94,37 @@ def runtime_name(run: PrefixDecode) -> str:
     return "onnxruntime" if isinstance(run, OrtDecoder) else "torch"
 
 
-class _Traced(torch.nn.Module):
-    """``prefix.decode`` (folded, all four masks) with the prefix as inputs, for export."""
+class PrefixGraph(torch.nn.Module):
+    """``decode(prefix, sparse, *extra)`` with the prefix's tensors as inputs, for export.
 
-    def __init__(self, sam: Sam, size: tuple[int, int]) -> None:
+    Inputs, in order: sparse, keys, key_pe, t2i_k, t2i_v, i2t_q (:data:`PREFIX_INPUTS`), then
+    ``extra`` (SAM 2's high-resolution maps).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        decode: Callable[..., tuple[Tensor, Tensor]],
+        size: tuple[int, int],
+    ) -> None:
         super().__init__()
-        self.sam = sam
+        self.model = model  # registered, so its weights are the graph's initializers
+        self.decode = decode
         self.size = size
 
     def forward(
         self, sparse: Tensor, keys: Tensor, key_pe: Tensor, t2i_k: Tensor, t2i_v: Tensor,
-        i2t_q: Tensor,
+        i2t_q: Tensor, *extra: Tensor,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
         prefix = ImagePrefix(keys, key_pe, t2i_k, t2i_v, i2t_q, self.size)
-        return decode(self.sam, prefix, sparse, True, all_masks=True)
+        return self.decode(prefix, sparse, *extra)
+
+
+def prefix_feeds(prefix: ImagePrefix, sparse: Tensor) -> dict[str, Any]:
+    """A :class:`PrefixGraph`'s first inputs, as ONNX Runtime feeds (no copies)."""
+    tensors = (sparse.detach(), prefix.keys, prefix.key_pe, prefix.t2i_k, prefix.t2i_v,
+               prefix.i2t_q)  # fmt: skip
+    return {name: t.numpy() for name, t in zip(PREFIX_INPUTS, tensors, strict=True)}
 
 
 def export_onnx(
@@ -148,9 +167,11 @@ def export_graph(sam: Sam, prefix: ImagePrefix) -> bytes:
     sparse = torch.zeros(2, 2, tokens)  # two prompts of two tokens: neither axis is traced as 1
     inputs = (sparse, prefix.keys, prefix.key_pe, prefix.t2i_k, prefix.t2i_v, prefix.i2t_q)
     return export_onnx(
-        _Traced(sam, prefix.size),
+        PrefixGraph(
+            sam, functools.partial(decode, sam, multimask_output=True, all_masks=True), prefix.size
+        ),
         inputs,
-        list(_INPUTS),
+        list(PREFIX_INPUTS),
         ["masks", "iou"],
         {"sparse": {0: "prompts", 1: "tokens"}},
     )
@@ -230,14 +251,6 @@ class OrtDecoder:
         attn = self.sam.mask_decoder.transformer.layers[0].cross_attn_image_to_token
         if prefix.size != self.size or not folded.foldable(attn, tokens):
             return decode(self.sam, prefix, sparse, multimask_output)
-        feeds = {
-            "sparse": sparse.detach().numpy(),
-            "keys": prefix.keys.numpy(),
-            "key_pe": prefix.key_pe.numpy(),
-            "t2i_k": prefix.t2i_k.numpy(),
-            "t2i_v": prefix.t2i_v.numpy(),
-            "i2t_q": prefix.i2t_q.numpy(),
-        }
-        masks, iou = self.graph.run(feeds)
+        masks, iou = self.graph.run(prefix_feeds(prefix, sparse))
         kept = mask_outputs(multimask_output)
         return torch.from_numpy(masks[:, kept]), torch.from_numpy(iou[:, kept])

@@ -27,10 +27,13 @@ from torch import Tensor
 from samserve.core import amg, folded
 from samserve.core.decoder import DEFAULT_WORK_BYTES, Decoder, Prediction, PromptSpec
 from samserve.core.decoder_runtime import (
+    PREFIX_INPUTS,
     OrtGraph,
     PrefixDecode,
+    PrefixGraph,
     export_onnx,
     exported,
+    prefix_feeds,
     resolve_runtime,
 )
 from samserve.core.fullres import Cancel, masks_per_piece
@@ -157,10 +160,14 @@ class Sam2OrtDecoder:
         assert example.prefix is not None
         p = example.prefix
         sparse = torch.zeros(2, 2, p.keys.shape[-1])  # neither dynamic axis traced as 1
+
+        def folded_decode(prefix: ImagePrefix, sparse: Tensor, s0: Tensor, s1: Tensor) -> Any:
+            return decode_sam2_folded(self.model, prefix, (s0, s1), sparse)
+
         return export_onnx(
-            _Sam2Folded(self.model, p.size),
+            PrefixGraph(self.model.sam_mask_decoder, folded_decode, p.size),
             (sparse, p.keys, p.key_pe, p.t2i_k, p.t2i_v, p.i2t_q, *example.high_res_pixels),
-            ["sparse", "keys", "key_pe", "t2i_k", "t2i_v", "i2t_q", "s0", "s1"],
+            [*PREFIX_INPUTS, "s0", "s1"],
             ["masks", "iou"],
             {"sparse": {0: "prompts", 1: "tokens"}},
         )
@@ -171,34 +178,10 @@ class Sam2OrtDecoder:
         """:func:`decode_sam2_folded`, on ONNX Runtime."""
         if prefix.size != self.size:
             return decode_sam2_folded(self.model, prefix, high_res_pixels, sparse)
-        feeds = {
-            "sparse": sparse.detach().numpy(),
-            "keys": prefix.keys.numpy(),
-            "key_pe": prefix.key_pe.numpy(),
-            "t2i_k": prefix.t2i_k.numpy(),
-            "t2i_v": prefix.t2i_v.numpy(),
-            "i2t_q": prefix.i2t_q.numpy(),
-            "s0": high_res_pixels[0].numpy(),
-            "s1": high_res_pixels[1].numpy(),
-        }
+        feeds = prefix_feeds(prefix, sparse)
+        feeds["s0"], feeds["s1"] = high_res_pixels[0].numpy(), high_res_pixels[1].numpy()
         masks, iou = self.graph.run(feeds)
         return torch.from_numpy(masks), torch.from_numpy(iou)
-
-
-class _Sam2Folded(torch.nn.Module):
-    """:func:`decode_sam2_folded` with the prefix and maps as inputs, for export."""
-
-    def __init__(self, model: Any, size: tuple[int, int]) -> None:
-        super().__init__()
-        self.model = model
-        self.size = size
-
-    def forward(
-        self, sparse: Tensor, keys: Tensor, key_pe: Tensor, t2i_k: Tensor, t2i_v: Tensor,
-        i2t_q: Tensor, s0: Tensor, s1: Tensor,
-    ) -> tuple[Tensor, Tensor]:  # fmt: skip
-        prefix = ImagePrefix(keys, key_pe, t2i_k, t2i_v, i2t_q, self.size)
-        return decode_sam2_folded(self.model, prefix, (s0, s1), sparse)
 
 
 def decode_sam2(
