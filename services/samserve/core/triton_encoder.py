@@ -216,22 +216,7 @@ class TritonEncoder:
         image.set_data_from_numpy(padded)
         size = InferInput("IMAGE_SIZE", [1, 2], "INT32")
         size.set_data_from_numpy(np.array([[h, w]], np.int32))
-        limit = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
-        outputs = [InferRequestedOutput("EMBEDDING")]
-        if self.expect_model_id is not None:
-            outputs.append(InferRequestedOutput("MODEL_ID"))
-        try:
-            result = await self._get_client().infer(
-                self.model_name,
-                [image, size],
-                outputs=outputs,
-                client_timeout=limit,
-                timeout=max(1, int(limit * 1_000_000)),  # Triton's queue timeout, microseconds
-            )
-        except InferenceServerException as e:
-            raise self._error(e, limit) from e
-        if self.expect_model_id is not None:
-            self._check_identity(result.as_numpy("MODEL_ID"))
+        result = await self._infer([image, size], ["EMBEDDING"], timeout)
         features = result.as_numpy("EMBEDDING")
         if features is None or features.shape != (1, *EMBEDDING_SHAPE):
             got = None if features is None else features.shape
@@ -249,6 +234,28 @@ class TritonEncoder:
             and self.served_model_id != self.expect_model_id
             and time.monotonic() - self._checked_at < RECHECK_INTERVAL_S
         )
+
+    async def _infer(self, inputs: list[Any], names: list[str], timeout: float | None) -> Any:
+        """One inference within ``timeout`` (capped by the encoder's own): the outputs
+        ``names`` (plus MODEL_ID, checked, when an identity is expected), Triton's errors mapped
+        (:meth:`_error`)."""
+        limit = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
+        outputs = [InferRequestedOutput(name) for name in names]
+        if self.expect_model_id is not None:
+            outputs.append(InferRequestedOutput("MODEL_ID"))
+        try:
+            result = await self._get_client().infer(
+                self.model_name,
+                inputs,
+                outputs=outputs,
+                client_timeout=limit,
+                timeout=max(1, int(limit * 1_000_000)),  # Triton's queue timeout, microseconds
+            )
+        except InferenceServerException as e:
+            raise self._error(e, limit) from e
+        if self.expect_model_id is not None:
+            self._check_identity(result.as_numpy("MODEL_ID"))
+        return result
 
     def _check_identity(self, ids: np.ndarray | None) -> None:
         """Raise Unavailable unless Triton's MODEL_ID is ours (logged once per change)."""
@@ -387,22 +394,7 @@ class Sam2TritonEncoder(TritonEncoder):
         resized = await asyncio.to_thread(resize_unnormalized, input_image, IMG_SIZE)
         image = InferInput("IMAGE", [1, *resized.shape], "FP32")
         image.set_data_from_numpy(resized[None])
-        limit = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
-        outputs = [InferRequestedOutput(name) for name in SAM2_OUTPUTS]
-        if self.expect_model_id is not None:
-            outputs.append(InferRequestedOutput("MODEL_ID"))
-        try:
-            result = await self._get_client().infer(
-                self.model_name,
-                [image],
-                outputs=outputs,
-                client_timeout=limit,
-                timeout=max(1, int(limit * 1_000_000)),  # Triton's queue timeout, microseconds
-            )
-        except InferenceServerException as e:
-            raise self._error(e, limit) from e
-        if self.expect_model_id is not None:
-            self._check_identity(result.as_numpy("MODEL_ID"))
+        result = await self._infer([image], list(SAM2_OUTPUTS), timeout)
         out: list[np.ndarray] = []
         for name, shape in SAM2_OUTPUTS.items():
             features = result.as_numpy(name)
